@@ -1,0 +1,213 @@
+"""The terminal adapter: the same core as Discord and Slack, driven by lines of text.
+
+`/imagine <prompt> [--ar 16:9]` starts a thread, any other line edits the current thread's
+latest image, `/new` starts afresh, `/threads` lists threads (newest first) and
+`/thread N` picks one up again, `/quit` leaves. Images are written to the output folder
+and their paths printed. The current thread is remembered in the store, so a second run
+continues where the first stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from bot.core import Delivery, EditRequest, ImagineBot, ImagineRequest, Phase, Progress
+from bot.errors import ImagineError
+from bot.inputs import split_prompt_flags
+from bot.models import Job, Thread, ThreadKey, new_id
+
+PLATFORM = "console"
+CURRENT_THREAD = "console:current-thread"
+HELP = """commands:
+  /imagine <prompt> [--ar 16:9]   start a new image thread
+  <any text>                      edit the current thread's latest image
+  /new                            leave the current thread (the next line starts a new one)
+  /threads                        list threads;  /thread N  continues thread N
+  /help                           this text;     /quit  leave"""
+
+
+def thread_key(thread_id: str) -> ThreadKey:
+    return ThreadKey(PLATFORM, "local", "console", thread_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSink:
+    """Prints progress and writes the image; bound to one job like bolt's `say`."""
+
+    output_dir: Path
+    write: Callable[[str], None]
+
+    async def progress(self, update: Progress) -> None:
+        if update.phase is Phase.QUEUED:
+            self.write(f"… queued (position {update.position})")
+        elif update.phase is Phase.GENERATING and update.elapsed == 0:
+            self.write("… generating")
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        turn = delivery.turn
+        name = f"{turn.thread_id}-{datetime.now():%Y%m%d-%H%M%S}-{turn.id[:6]}.png"
+        path = self.output_dir / name
+        await asyncio.to_thread(_write_file, path, delivery.image.data)
+        for note in delivery.notes:
+            self.write(f"note: {note}")
+        self.write(f"✓ {path}  ({turn.aspect_ratio}, {turn.model}, {turn.duration_s:.1f} s)")
+        return None
+
+    async def fail(self, job: Job | None, error: ImagineError) -> None:
+        self.write(f"✗ {error.user_message}")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+class ConsoleAdapter:
+    def __init__(
+        self,
+        core: ImagineBot,
+        output_dir: Path,
+        *,
+        stdin: TextIO = sys.stdin,
+        stdout: TextIO = sys.stdout,
+        user_id: str | None = None,
+    ) -> None:
+        self.core = core
+        self.stdin = stdin
+        self.stdout = stdout
+        self.user_id = user_id or _user()
+        self.sink = ConsoleSink(output_dir, self._print)
+        self.current: str | None = None
+        self._listed: list[Thread] = []
+        core.register_platform(PLATFORM, lambda job: self.sink)
+
+    def _print(self, text: str) -> None:
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Read commands until `/quit`, end of input or `stop`; each job finishes first."""
+        stored = await self.core.store.get_state(CURRENT_THREAD)
+        if isinstance(stored, str) and await self.core.store.get_thread(stored):
+            self.current = stored
+            thread = await self.core.store.get_thread(stored)
+            if thread:
+                self._print(f"continuing thread “{thread.title[:60]}” (/new for a new one)")
+        self._print("imagine-bot console. /help for commands.")
+        lines = _line_reader(self.stdin)
+        while stop is None or not stop.is_set():
+            line = await lines.get()
+            if line is None:
+                break
+            if not await self.handle(line.strip()):
+                break
+            await self.core.idle()
+
+    async def handle(self, line: str) -> bool:
+        """Handle one line; False means quit."""
+        if not line:
+            return True
+        command, _, rest = line.partition(" ")
+        try:
+            if command in ("/quit", "/exit"):
+                return False
+            if command == "/help":
+                self._print(HELP)
+            elif command == "/new":
+                await self._select(None)
+                self._print("new thread: type a prompt (or /imagine <prompt> --ar 16:9)")
+            elif command == "/threads":
+                await self._list_threads()
+            elif command == "/thread":
+                await self._pick(rest.strip())
+            elif command == "/imagine":
+                await self._imagine(rest)
+            elif command.startswith("/"):
+                self._print(f"unknown command {command}; /help lists them")
+            elif self.current is None:
+                await self._imagine(line)
+            else:
+                await self._edit(line)
+        except ImagineError as error:
+            self._print(f"✗ {error.user_message}")
+        return True
+
+    async def _imagine(self, text: str) -> None:
+        prompt, ratio = split_prompt_flags(text)
+        thread_id = new_id()
+        request = ImagineRequest(
+            key=thread_key(thread_id),
+            user_id=self.user_id,
+            prompt=prompt,
+            aspect_ratio=ratio,
+        )
+        job = await self.core.imagine(request, self.sink)
+        await self._select(job.thread_id)
+
+    async def _edit(self, text: str) -> None:
+        instruction, ratio = split_prompt_flags(text)
+        thread = await self.core.store.get_thread(self.current or "")
+        if thread is None:
+            await self._imagine(text)
+            return
+        request = EditRequest(
+            user_id=self.user_id,
+            instruction=instruction,
+            thread_key=thread.key,
+            aspect_ratio=ratio,
+        )
+        await self.core.edit(request, self.sink)
+
+    async def _select(self, thread_id: str | None) -> None:
+        self.current = thread_id
+        await self.core.store.set_state(CURRENT_THREAD, thread_id)
+
+    async def _list_threads(self) -> None:
+        self._listed = await self.core.store.list_threads(PLATFORM, limit=20)
+        if not self._listed:
+            self._print("no threads yet: type a prompt")
+            return
+        for number, thread in enumerate(self._listed, 1):
+            marker = "*" if thread.id == self.current else " "
+            when = datetime.fromtimestamp(thread.created_at).strftime("%Y-%m-%d %H:%M")
+            self._print(f"{marker}{number:>3}. {when}  {thread.title[:70]}")
+        self._print("/thread N continues one")
+
+    async def _pick(self, arg: str) -> None:
+        if not self._listed:
+            self._listed = await self.core.store.list_threads(PLATFORM, limit=20)
+        if not arg.isdigit() or not 1 <= int(arg) <= len(self._listed):
+            self._print(f"pick a number from 1 to {len(self._listed)} (see /threads)")
+            return
+        thread = self._listed[int(arg) - 1]
+        await self._select(thread.id)
+        self._print(f"continuing “{thread.title[:60]}”: type an edit")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "console"
+
+
+def _line_reader(stream: TextIO) -> asyncio.Queue[str | None]:
+    """Lines from a blocking stream, read in a daemon thread so exit never waits on it."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=pump, name="console-stdin", daemon=True).start()
+    return queue

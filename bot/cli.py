@@ -1,0 +1,211 @@
+"""The composition root: the only module that knows every concrete part.
+
+`imagine-bot run` serves Discord and/or Slack (whichever credentials are set);
+`imagine-bot console` runs the same core in the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.config import Settings, SettingsError, load_settings
+from bot.core import ImagineBot
+from bot.logs import setup_logging
+from bot.providers import build_provider
+from bot.scheduler import Limits
+
+log = logging.getLogger("imagine-bot")
+
+
+class Adapter(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagine-bot",
+        description="Generate and refine images with Gemini 2.5 Flash Image from Discord, "
+        "Slack or the terminal. Configuration comes from the environment and .env "
+        "(see .env.example); the options below override it.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--provider",
+            choices=["nexconn", "gmi", "gemini", "demo"],
+            help="image provider (IMAGINE_PROVIDER; default: the first with a key, else demo)",
+        )
+        p.add_argument("--database-url", help="DATABASE_URL, e.g. sqlite:///./data/bot.db")
+        p.add_argument("--log-level", help="LOG_LEVEL: DEBUG, INFO, WARNING, ERROR")
+
+    run = sub.add_parser(
+        "run",
+        help="serve Discord and/or Slack",
+        description="Start every chat adapter whose credentials are set: Discord "
+        "(DISCORD_TOKEN) and Slack (SLACK_BOT_TOKEN, plus SLACK_APP_TOKEN for Socket Mode "
+        "or SLACK_SIGNING_SECRET for HTTP mode). SIGTERM/SIGINT stop it gracefully.",
+    )
+    common(run)
+    console = sub.add_parser(
+        "console",
+        help="make and edit images in the terminal",
+        description="Read commands from standard input: /imagine <prompt> [--ar 16:9], any "
+        "other line edits the current image, /new, /threads, /thread N, /quit. "
+        "With no provider key it uses the offline demo provider.",
+    )
+    common(console)
+    console.add_argument("--output-dir", type=Path, help="IMAGINE_OUTPUT_DIR (default ./out)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for option, variable in (
+        ("provider", "IMAGINE_PROVIDER"),
+        ("database_url", "DATABASE_URL"),
+        ("log_level", "LOG_LEVEL"),
+        ("output_dir", "IMAGINE_OUTPUT_DIR"),
+    ):
+        value = getattr(args, option, None)
+        if value is not None:
+            overrides[variable] = value
+    return load_settings(**overrides)
+
+
+@contextlib.asynccontextmanager
+async def open_core(settings: Settings) -> AsyncIterator[ImagineBot]:
+    """Store, provider and core, closed in the right order however the block ends."""
+    from storage import open_store, redact_url
+
+    store = await open_store(settings.database_url)
+    provider = build_provider(settings)
+    log.info(
+        "provider %s, model %s, database %s",
+        provider.name,
+        settings.model,
+        redact_url(settings.database_url),
+    )
+    core = ImagineBot(
+        store,
+        provider,
+        model=settings.model,
+        limits=Limits(
+            concurrency=settings.concurrency,
+            per_user_running=settings.user_max_running,
+            per_user_queued=settings.user_max_queued,
+        ),
+        history_turns=settings.history_turns,
+    )
+    try:
+        await core.start()
+        yield core
+    finally:
+        await core.shutdown(settings.shutdown_grace)
+        await provider.aclose()
+        await store.close()
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _adapters(core: ImagineBot, settings: Settings) -> list[Adapter]:
+    adapters: list[Adapter] = []
+    if settings.discord_enabled:
+        from adapters.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter(core, settings))
+    if settings.slack_enabled:
+        from adapters.slack import SlackAdapter
+
+        adapters.append(SlackAdapter(core, settings))
+    return adapters
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    if not (settings.discord_enabled or settings.slack_enabled):
+        print(
+            "imagine-bot run: no chat platform is configured. Set DISCORD_TOKEN for Discord "
+            "and/or SLACK_BOT_TOKEN (with SLACK_APP_TOKEN or SLACK_SIGNING_SECRET) for Slack. "
+            "Try `imagine-bot console` to use it in the terminal.",
+            file=sys.stderr,
+        )
+        return 2
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
+    async with open_core(settings) as core:
+        adapters = _adapters(core, settings)
+        started: list[Adapter] = []
+        try:
+            for adapter in adapters:
+                await adapter.start()
+                started.append(adapter)
+            resumed = await core.resume_unfinished()
+            if resumed:
+                log.info("resumed %d unfinished job(s)", resumed)
+            log.info("imagine-bot is running; SIGTERM or Ctrl+C stops it")
+            await stop.wait()
+            # drain before the adapters close: running jobs still deliver through them
+            log.info("stopping: finishing running jobs (up to %ss)", settings.shutdown_grace)
+            await core.shutdown(settings.shutdown_grace)
+        finally:
+            for adapter in reversed(started):
+                with contextlib.suppress(Exception):
+                    await adapter.close()
+    return 0
+
+
+async def console(settings: Settings) -> int:
+    from adapters.console import ConsoleAdapter
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    async with open_core(settings) as core:
+        adapter = ConsoleAdapter(core, settings.output_dir)
+        resumed = await core.resume_unfinished()
+        if resumed:
+            print(f"resuming {resumed} unfinished image(s) from last time")
+        runner = asyncio.create_task(adapter.run(stop))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not runner.done():
+            runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except SettingsError as exc:
+        print(f"imagine-bot: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    level = settings.log_level
+    if args.command == "console" and "LOG_LEVEL" not in os.environ and not args.log_level:
+        level = "WARNING"  # the terminal is the user interface; keep it readable
+    setup_logging(level, settings.log_format, settings.secrets())
+    if args.command == "console":
+        return asyncio.run(console(settings))
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""Settings, read once from the environment and `.env` (INTERFACE.md lists every variable).
+
+An invalid value stops start-up with one line naming the variable (`SettingsError`).
+Secrets are `SecretStr`, so they never print; `secrets()` feeds the log filter that masks them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.models import ASPECT_RATIOS, DEFAULT_ASPECT_RATIO
+
+ProviderName = Literal["nexconn", "gmi", "gemini", "demo"]
+
+
+class SettingsError(Exception):
+    """One line a person can act on: which variable, what is wrong with it."""
+
+
+def _check_url(value: str, name: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes or not parsed.netloc:
+        raise ValueError(f"{name} must be a {'/'.join(schemes)} URL, got {value!r}")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # provider ------------------------------------------------------------------------------
+    provider: ProviderName | None = Field(default=None, alias="IMAGINE_PROVIDER")
+    model: str = Field(default="gemini-2.5-flash-image", alias="IMAGINE_MODEL", min_length=1)
+    default_aspect_ratio: str = Field(
+        default=DEFAULT_ASPECT_RATIO, alias="IMAGINE_DEFAULT_ASPECT_RATIO"
+    )
+    nexconn_api_key: SecretStr | None = Field(default=None, alias="NEXCONN_API_KEY")
+    nexconn_base_url: str = Field(default="https://api-xmodel.nexconn.ai", alias="NEXCONN_BASE_URL")
+    nexconn_mode: Literal["chat", "edits"] = Field(default="chat", alias="NEXCONN_MODE")
+    nexconn_auth_scheme: str = Field(default="Bearer", alias="NEXCONN_AUTH_SCHEME")
+    gmi_api_key: SecretStr | None = Field(default=None, alias="GMI_API_KEY")
+    gmi_base_url: str = Field(default="https://console.gmicloud.ai", alias="GMI_BASE_URL")
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    )
+    gemini_base_url: str = Field(
+        default="https://generativelanguage.googleapis.com", alias="GEMINI_BASE_URL"
+    )
+    demo_latency: float = Field(default=0.0, alias="IMAGINE_DEMO_LATENCY", ge=0, le=600)
+
+    # storage -------------------------------------------------------------------------------
+    database_url: str = Field(default="sqlite:///./data/imagine-bot.db", alias="DATABASE_URL")
+
+    # scheduler -----------------------------------------------------------------------------
+    concurrency: int = Field(default=4, alias="IMAGINE_CONCURRENCY", ge=1, le=256)
+    user_max_running: int = Field(default=2, alias="IMAGINE_USER_MAX_RUNNING", ge=1, le=64)
+    user_max_queued: int = Field(default=10, alias="IMAGINE_USER_MAX_QUEUED", ge=0, le=1000)
+    history_turns: int = Field(default=8, alias="IMAGINE_HISTORY_TURNS", ge=1, le=64)
+    shutdown_grace: float = Field(default=10.0, alias="IMAGINE_SHUTDOWN_GRACE", ge=0, le=3600)
+
+    # discord -------------------------------------------------------------------------------
+    discord_token: SecretStr | None = Field(default=None, alias="DISCORD_TOKEN")
+    discord_api_base: str = Field(default="https://discord.com/api/v10", alias="DISCORD_API_BASE")
+    discord_gateway_url: str | None = Field(default=None, alias="DISCORD_GATEWAY_URL")
+    discord_guild_ids: str = Field(default="", alias="DISCORD_GUILD_IDS")
+
+    # slack ---------------------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = Field(default=None, alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(default=None, alias="SLACK_SIGNING_SECRET")
+    slack_api_base: str = Field(default="https://slack.com/api/", alias="SLACK_API_BASE")
+    slack_http_host: str = Field(default="0.0.0.0", alias="SLACK_HTTP_HOST")
+    slack_http_port: int = Field(default=3000, alias="SLACK_HTTP_PORT", ge=0, le=65535)
+
+    # console and logs ----------------------------------------------------------------------
+    output_dir: Path = Field(default=Path("./out"), alias="IMAGINE_OUTPUT_DIR")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", alias="LOG_LEVEL"
+    )
+    log_format: Literal["text", "json"] = Field(default="text", alias="LOG_FORMAT")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("provider", "nexconn_mode", "log_format", mode="before")
+    @classmethod
+    def _lower_or_none(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
+
+    @field_validator("default_aspect_ratio")
+    @classmethod
+    def _ratio(cls, value: str) -> str:
+        if value not in ASPECT_RATIOS:
+            raise ValueError(f"must be one of {', '.join(ASPECT_RATIOS)}")
+        return value
+
+    @field_validator("nexconn_base_url", "gmi_base_url", "gemini_base_url", "discord_api_base")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_url(value, "the value").rstrip("/")
+
+    @field_validator("slack_api_base")
+    @classmethod
+    def _slack_base(cls, value: str) -> str:
+        _check_url(value, "the value")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("discord_gateway_url")
+    @classmethod
+    def _ws_url(cls, value: str | None) -> str | None:
+        if value:
+            _check_url(value, "the value", ("ws", "wss"))
+        return value or None
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in value:
+            raise ValueError("must look like sqlite:///path.db or postgresql://user@host/db")
+        return value
+
+    @field_validator("discord_guild_ids")
+    @classmethod
+    def _guild_ids(cls, value: str) -> str:
+        for part in value.replace(",", " ").split():
+            if not part.isdigit():
+                raise ValueError(f"must be comma-separated numeric guild ids, got {part!r}")
+        return value
+
+    # derived ------------------------------------------------------------------------------
+
+    @property
+    def provider_name(self) -> ProviderName:
+        """The chosen provider: explicit, else the first whose key is set, else `demo`."""
+        if self.provider:
+            return self.provider
+        if self.nexconn_api_key:
+            return "nexconn"
+        if self.gmi_api_key:
+            return "gmi"
+        if self.gemini_api_key:
+            return "gemini"
+        return "demo"
+
+    @property
+    def guild_ids(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.discord_guild_ids.replace(",", " ").split())
+
+    @property
+    def discord_enabled(self) -> bool:
+        return bool(self.discord_token and self.discord_token.get_secret_value())
+
+    @property
+    def slack_enabled(self) -> bool:
+        return bool(self.slack_bot_token and self.slack_bot_token.get_secret_value())
+
+    def secrets(self) -> list[str]:
+        """Every secret value set, for the log filter that masks them."""
+        values = [
+            self.nexconn_api_key,
+            self.gmi_api_key,
+            self.gemini_api_key,
+            self.discord_token,
+            self.slack_bot_token,
+            self.slack_app_token,
+            self.slack_signing_secret,
+        ]
+        return [v.get_secret_value() for v in values if v and v.get_secret_value()]
+
+    def check_provider_key(self) -> None:
+        """An explicitly chosen provider needs its key."""
+        name = self.provider_name
+        key = {
+            "nexconn": (self.nexconn_api_key, "NEXCONN_API_KEY"),
+            "gmi": (self.gmi_api_key, "GMI_API_KEY"),
+            "gemini": (self.gemini_api_key, "GEMINI_API_KEY"),
+        }.get(name)
+        if key is not None and not key[0]:
+            raise SettingsError(f"IMAGINE_PROVIDER={name} needs {key[1]} to be set")
+
+
+_ALIASES = {
+    name: (field.alias or str(field.validation_alias or name))
+    for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment and `.env`; raise `SettingsError` with one line on bad input."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = str(first["loc"][0]) if first["loc"] else "?"
+        variable = _ALIASES.get(loc, loc)
+        if "GEMINI_API_KEY" in variable:
+            variable = "GEMINI_API_KEY"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"{variable}: {message}") from None
+    settings.check_provider_key()
+    return settings

@@ -1,0 +1,578 @@
+"""The rules of imagine-bot, in one place.
+
+Adapters turn platform events into the requests below and hand over a `ReplySink` bound to
+where the answers go (like slack-bolt's `say`). The core validates, records the job before
+anything runs (durable before visible), lets the scheduler run it, builds the provider
+request from the thread's tree of turns, stores the result in one transaction and only
+then asks the sink to show it.
+
+- `imagine` starts a new thread;
+- `edit` continues a thread from its latest turn, or from an older turn (a branch);
+- `reroll` runs a turn's prompt again on the same parent;
+- the provider gets the path root → parent, capped, with a note to the user when cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Protocol
+
+from bot.errors import (
+    Cancelled,
+    ImagineError,
+    InternalError,
+    NotAllowed,
+    ProviderUnavailable,
+    UnknownTurn,
+)
+from bot.inputs import check_reference_count, clean_prompt, parse_aspect_ratio
+from bot.models import (
+    DEFAULT_ASPECT_RATIO,
+    JSON,
+    HistoryTurn,
+    Image,
+    ImageRequest,
+    ImageResult,
+    Job,
+    JobStatus,
+    Thread,
+    ThreadKey,
+    Turn,
+    TurnKind,
+    new_id,
+    now,
+)
+from bot.providers.base import Provider, ProviderCall
+from bot.scheduler import Limits, Scheduler, Work
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HISTORY_TURNS = 8
+
+
+# --- what adapters send in -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImagineRequest:
+    """Start a new thread. `key` names it on the platform; `destination` is adapter JSON."""
+
+    key: ThreadKey
+    user_id: str
+    prompt: str
+    aspect_ratio: str | None = None
+    references: tuple[Image, ...] = ()
+    destination: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class EditRequest:
+    """Continue a thread: from `turn_id` (a reply to that image) or the latest of `thread_key`."""
+
+    user_id: str
+    instruction: str
+    turn_id: str | None = None
+    thread_key: ThreadKey | None = None
+    references: tuple[Image, ...] = ()
+    aspect_ratio: str | None = None
+    destination: JSON = None
+
+
+# --- what the core sends out ---------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    QUEUED = "queued"
+    GENERATING = "generating"
+    UPLOADING = "uploading"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    job: Job
+    phase: Phase
+    position: int | None = None
+    """1-based place in the queue while queued."""
+    elapsed: float = 0.0
+    """Seconds since the job started generating."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    job: Job
+    turn: Turn
+    image: Image
+    notes: tuple[str, ...] = ()
+    """User-facing warnings, e.g. that older turns were left out of the model's context."""
+
+
+class ReplySink(Protocol):
+    """Where the answers to one job go. Implemented by each adapter."""
+
+    async def progress(self, update: Progress) -> None: ...
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        """Show the image; return the platform id of the message showing it, to index."""
+        ...
+
+    async def fail(self, job: Job | None, error: ImagineError) -> None: ...
+
+
+SinkFactory = Callable[[Job], ReplySink]
+"""Rebuilds a sink from a stored job's destination, for jobs resumed after a restart."""
+
+
+def history_note(kept: int) -> str:
+    return (
+        f"This thread is long, so only its last {kept} images were sent to the model as context."
+    )
+
+
+@dataclass
+class _Live:
+    """A job the core is watching: its sink and what the user was last shown."""
+
+    job: Job
+    sink: ReplySink
+    started: float | None = None
+    shown_position: int | None = None
+    cancel_requested: bool = False
+    sending: bool = False
+    """A progress update is in flight: skip ticks rather than pile up slow edits."""
+
+
+class ImagineBot:
+    def __init__(
+        self,
+        store: Store,
+        provider: Provider,
+        *,
+        model: str,
+        limits: Limits = Limits(),
+        history_turns: int = DEFAULT_HISTORY_TURNS,
+        progress_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.model = model
+        self.scheduler = Scheduler(limits)
+        self.history_turns = history_turns
+        self.progress_interval = progress_interval
+        self._live: dict[str, _Live] = {}
+        self._sink_factories: dict[str, SinkFactory] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def register_platform(self, platform: str, sink_factory: SinkFactory) -> None:
+        """Let jobs of `platform` found unfinished at start-up be resumed and delivered."""
+        self._sink_factories[platform] = sink_factory
+
+    async def start(self) -> None:
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="progress")
+
+    async def resume_unfinished(self) -> int:
+        """Re-queue jobs a previous process accepted but did not finish. Returns how many."""
+        resumed = 0
+        for job in await self.store.unfinished_jobs():
+            thread = await self.store.get_thread(job.thread_id)
+            factory = self._sink_factories.get(thread.key.platform) if thread else None
+            if thread is None or factory is None:
+                continue
+            sink = factory(job)
+            if job.provider != self.provider.name and job.provider_request_id:
+                error = ProviderUnavailable(
+                    detail=f"job {job.id} was submitted to {job.provider}, now {self.provider.name}"
+                )
+                await self.store.finish_job(job.id, JobStatus.FAILED, error.code)
+                await self._safe_fail(sink, job, error)
+                continue
+            log.info("resuming job %s (%s)", job.id, job.status)
+            self._enqueue(replace(job, status=JobStatus.QUEUED), sink, admitted=True)
+            resumed += 1
+        return resumed
+
+    async def shutdown(self, grace: float) -> list[str]:
+        """Stop taking work; running jobs get `grace` s; the rest stay recorded for resume."""
+        left = await self.scheduler.drain(grace)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if left:
+            log.info("left %d unfinished job(s) for the next start", len(left))
+        return left
+
+    async def idle(self) -> None:
+        """Wait until no job is queued or running."""
+        await self.scheduler.join()
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def imagine(self, request: ImagineRequest, sink: ReplySink) -> Job:
+        prompt = clean_prompt(request.prompt)
+        ratio = parse_aspect_ratio(request.aspect_ratio) or DEFAULT_ASPECT_RATIO
+        check_reference_count(len(request.references))
+        self.scheduler.check_admission(request.user_id)
+        thread = await self.store.create_thread(
+            Thread(
+                id=new_id(),
+                key=request.key,
+                created_by=request.user_id,
+                title=prompt[:200],
+                created_at=now(),
+            )
+        )
+        job = self._new_job(
+            thread_id=thread.id,
+            user_id=request.user_id,
+            kind=TurnKind.IMAGINE,
+            prompt=prompt,
+            references=request.references,
+            aspect_ratio=ratio,
+            parent_turn_id=None,
+            follow_latest=False,
+            destination=request.destination,
+        )
+        await self.store.add_job(job, request.references)
+        self._enqueue(job, sink)
+        return job
+
+    async def edit(self, request: EditRequest, sink: ReplySink) -> Job:
+        instruction = clean_prompt(request.instruction)
+        ratio = parse_aspect_ratio(request.aspect_ratio)
+        check_reference_count(len(request.references))
+        parent, follow_latest = await self._edit_target(request)
+        self.scheduler.check_admission(request.user_id)
+        job = self._new_job(
+            thread_id=parent.thread_id,
+            user_id=request.user_id,
+            kind=TurnKind.EDIT,
+            prompt=instruction,
+            references=request.references,
+            aspect_ratio=ratio or parent.aspect_ratio,
+            parent_turn_id=parent.id,
+            follow_latest=follow_latest,
+            destination=request.destination,
+        )
+        await self.store.add_job(job, request.references)
+        self._enqueue(job, sink)
+        return job
+
+    async def reroll(
+        self, turn_id: str, user_id: str, sink: ReplySink, destination: JSON = None
+    ) -> Job:
+        """Same prompt, same references, same parent: a new take on one turn."""
+        turn = await self._turn(turn_id)
+        self.scheduler.check_admission(user_id)
+        job = Job(
+            id=new_id(),
+            thread_id=turn.thread_id,
+            user_id=user_id,
+            kind=TurnKind.REROLL,
+            prompt=turn.prompt,
+            reference_shas=turn.reference_shas,
+            aspect_ratio=turn.aspect_ratio,
+            parent_turn_id=turn.parent_id,
+            follow_latest=False,
+            destination=destination,
+            provider=self.provider.name,
+            model=self.model,
+            created_at=now(),
+        )
+        await self.store.add_job(job)
+        self._enqueue(job, sink)
+        return job
+
+    async def delete(self, turn_id: str, user_id: str, *, moderator: bool = False) -> Turn:
+        """Hide a turn (requester or moderator only); the adapter removes its messages."""
+        turn = await self._turn(turn_id)
+        if turn.user_id != user_id and not moderator:
+            raise NotAllowed()
+        await self.store.mark_turn_deleted(turn.id)
+        return turn
+
+    async def cancel(self, job_id: str, user_id: str, *, moderator: bool = False) -> bool:
+        """Cancel a queued or running job; False when it had already finished."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise UnknownTurn()
+        if job.user_id != user_id and not moderator:
+            raise NotAllowed()
+        live = self._live.get(job_id)
+        if live is None or job.status.finished:
+            return False
+        live.cancel_requested = True
+        if self.scheduler.is_running(job_id):
+            return self.scheduler.cancel(job_id)
+        if self.scheduler.cancel(job_id):
+            await self._finish_cancelled(live)
+            return True
+        return False
+
+    # --- lookups adapters need --------------------------------------------------------------
+
+    async def turn_for_message(self, platform: str, message_id: str) -> Turn | None:
+        turn = await self.store.turn_for_message(platform, message_id)
+        return None if turn is None or turn.deleted else turn
+
+    async def thread_by_key(self, key: ThreadKey) -> Thread | None:
+        return await self.store.thread_by_key(key)
+
+    async def link_message(self, platform: str, message_id: str, turn_id: str) -> None:
+        await self.store.link_message(platform, message_id, turn_id)
+
+    async def claim_event(self, platform: str, event_id: str) -> bool:
+        return await self.store.claim_event(platform, event_id)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _new_job(
+        self,
+        *,
+        thread_id: str,
+        user_id: str,
+        kind: TurnKind,
+        prompt: str,
+        references: Sequence[Image],
+        aspect_ratio: str,
+        parent_turn_id: str | None,
+        follow_latest: bool,
+        destination: JSON,
+    ) -> Job:
+        return Job(
+            id=new_id(),
+            thread_id=thread_id,
+            user_id=user_id,
+            kind=kind,
+            prompt=prompt,
+            reference_shas=tuple(image.sha256 for image in references),
+            aspect_ratio=aspect_ratio,
+            parent_turn_id=parent_turn_id,
+            follow_latest=follow_latest,
+            destination=destination,
+            provider=self.provider.name,
+            model=self.model,
+            created_at=now(),
+        )
+
+    async def _turn(self, turn_id: str) -> Turn:
+        turn = await self.store.get_turn(turn_id)
+        if turn is None or turn.deleted:
+            raise UnknownTurn(detail=f"turn {turn_id}")
+        return turn
+
+    async def _edit_target(self, request: EditRequest) -> tuple[Turn, bool]:
+        """The turn to edit, and whether it was the thread's latest (then follow the thread)."""
+        if request.turn_id is not None:
+            turn = await self._turn(request.turn_id)
+            latest = await self.store.latest_turn(turn.thread_id)
+            return turn, latest is not None and latest.id == turn.id
+        if request.thread_key is not None:
+            thread = await self.store.thread_by_key(request.thread_key)
+            latest = await self.store.latest_turn(thread.id) if thread else None
+            if latest is not None:
+                return latest, True
+            # the thread's first image may still be on its way: edit what it will produce
+            if thread is not None and await self.store.active_job_for_thread(thread.id):
+                raise UnknownTurn(detail="thread has no finished image yet")
+        raise UnknownTurn(detail=f"no turn for {request}")
+
+    def _enqueue(self, job: Job, sink: ReplySink, *, admitted: bool = False) -> None:
+        live = _Live(job=job, sink=sink)
+        self._live[job.id] = live
+        work = Work(job.id, job.user_id, job.thread_id, lambda: self._run(live))
+        try:
+            self.scheduler.submit(work, admitted=admitted)
+        except ImagineError:
+            del self._live[job.id]
+            raise
+        self._push_positions()
+
+    async def _run(self, live: _Live) -> None:
+        job = live.job
+        start = time.monotonic()
+        live.started = start
+        self._push_positions()  # everyone behind this job moved up
+        try:
+            try:
+                parent_id = await self._resolve_parent(job)
+                await self.store.mark_job_running(job.id, parent_id)
+                job = live.job = replace(
+                    job, status=JobStatus.RUNNING, parent_turn_id=parent_id, started_at=now()
+                )
+                await self._safe_progress(live.sink, Progress(job, Phase.GENERATING))
+                request, notes = await self._build_request(job)
+                result = await self.provider.generate(
+                    request,
+                    ProviderCall(
+                        resume_id=job.provider_request_id,
+                        on_submitted=lambda rid: self.store.set_job_provider_request(job.id, rid),
+                    ),
+                )
+                turn = await self._record(job, result, time.monotonic() - start)
+            except asyncio.CancelledError:
+                if live.cancel_requested:
+                    await asyncio.shield(self._finish_cancelled(live))
+                raise
+            except ImagineError as error:
+                log.warning("job %s failed: %s", job.id, error)
+                await self.store.finish_job(job.id, JobStatus.FAILED, f"{error.code}: {error}")
+                await self._safe_fail(live.sink, job, error)
+                return
+            except Exception as exc:
+                log.exception("job %s failed unexpectedly", job.id)
+                internal = InternalError(detail=repr(exc))
+                await self.store.finish_job(job.id, JobStatus.FAILED, f"internal: {exc!r}")
+                await self._safe_fail(live.sink, job, internal)
+                return
+            job = live.job = replace(job, status=JobStatus.DONE, turn_id=turn.id)
+            await self._safe_progress(
+                live.sink, Progress(job, Phase.UPLOADING, elapsed=time.monotonic() - start)
+            )
+            await self._deliver(live.sink, Delivery(job, turn, result.image, notes))
+        finally:
+            self._live.pop(job.id, None)
+
+    async def _resolve_parent(self, job: Job) -> str | None:
+        if job.follow_latest:
+            latest = await self.store.latest_turn(job.thread_id)
+            if latest is not None:
+                return latest.id
+        return job.parent_turn_id
+
+    async def _build_request(self, job: Job) -> tuple[ImageRequest, tuple[str, ...]]:
+        references = tuple([await self._image(sha) for sha in job.reference_shas])
+        history: list[HistoryTurn] = []
+        notes: tuple[str, ...] = ()
+        if job.parent_turn_id is not None:
+            path = await self.store.turn_path(job.parent_turn_id, self.history_turns)
+            if not path:
+                raise UnknownTurn(detail=f"parent {job.parent_turn_id} vanished")
+            for turn in path:
+                history.append(
+                    HistoryTurn(
+                        prompt=turn.prompt,
+                        references=tuple([await self._image(s) for s in turn.reference_shas]),
+                        result=await self._image(turn.result_sha),
+                        text=turn.text,
+                        provider=turn.provider,
+                        provider_state=turn.provider_state,
+                    )
+                )
+            if await self.store.count_path(job.parent_turn_id) > len(path):
+                notes = (history_note(len(path)),)
+        request = ImageRequest(
+            prompt=job.prompt,
+            aspect_ratio=job.aspect_ratio,
+            model=job.model,
+            references=references,
+            history=tuple(history),
+        )
+        return request, notes
+
+    async def _image(self, sha: str) -> Image:
+        image = await self.store.get_image(sha)
+        if image is None:
+            raise UnknownTurn(detail=f"image {sha} missing from the store")
+        return image
+
+    async def _record(self, job: Job, result: ImageResult, duration: float) -> Turn:
+        if not result.images:
+            raise InternalError(detail="provider returned a result without images")
+        turn = Turn(
+            id=new_id(),
+            thread_id=job.thread_id,
+            parent_id=job.parent_turn_id,
+            user_id=job.user_id,
+            kind=job.kind,
+            prompt=job.prompt,
+            reference_shas=job.reference_shas,
+            result_sha=result.image.sha256,
+            text=result.text,
+            aspect_ratio=job.aspect_ratio,
+            provider=job.provider,
+            model=job.model,
+            provider_state=result.provider_state,
+            usage=result.usage,
+            created_at=now(),
+            duration_s=round(duration, 3),
+        )
+        await self.store.complete_job(job.id, turn, result.images)
+        return turn
+
+    async def _deliver(self, sink: ReplySink, delivery: Delivery) -> None:
+        thread = await self.store.get_thread(delivery.job.thread_id)
+        try:
+            message_id = await sink.deliver(delivery)
+        except Exception:
+            log.exception("delivering job %s failed", delivery.job.id)
+            await self._safe_fail(sink, delivery.job, InternalError(detail="delivery failed"))
+            return
+        if message_id and thread is not None:
+            await self.store.link_message(thread.key.platform, message_id, delivery.turn.id)
+
+    async def _finish_cancelled(self, live: _Live) -> None:
+        self._live.pop(live.job.id, None)
+        await self.store.finish_job(live.job.id, JobStatus.CANCELLED, "cancelled by user")
+        await self._safe_fail(live.sink, live.job, Cancelled())
+        self._push_positions()
+
+    async def _safe_progress(self, sink: ReplySink, update: Progress) -> None:
+        try:
+            await sink.progress(update)
+        except Exception:
+            log.warning("progress update for job %s failed", update.job.id, exc_info=True)
+
+    async def _safe_fail(self, sink: ReplySink, job: Job | None, error: ImagineError) -> None:
+        try:
+            await sink.fail(job, error)
+        except Exception:
+            log.exception("reporting an error to the user failed")
+
+    def _push_positions(self) -> None:
+        """Tell queued jobs their place when it changed (also called every tick)."""
+        positions = self.scheduler.positions()
+        for job_id, position in positions.items():
+            live = self._live.get(job_id)
+            if live is None or live.shown_position == position or live.sending:
+                continue
+            live.shown_position = position
+            self._post(live, Progress(live.job, Phase.QUEUED, position=position))
+
+    def _post(self, live: _Live, update: Progress) -> None:
+        """Send a progress update in the background, one at a time per job."""
+        if live.sending:
+            return
+        live.sending = True
+
+        async def send() -> None:
+            try:
+                await self._safe_progress(live.sink, update)
+            finally:
+                live.sending = False
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _tick(self) -> None:
+        """About once a second: queue positions that moved, elapsed time of running jobs."""
+        while True:
+            await asyncio.sleep(self.progress_interval)
+            self._push_positions()
+            clock = time.monotonic()
+            for live in list(self._live.values()):
+                if live.started is not None and live.job.status == JobStatus.RUNNING:
+                    update = Progress(live.job, Phase.GENERATING, elapsed=clock - live.started)
+                    self._post(live, update)

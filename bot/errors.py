@@ -1,0 +1,281 @@
+"""Every failure a user can meet, each with its own short human sentence.
+
+Adapters only render `ImagineError.user_message`; the technical detail (`detail`) goes to
+the log, never to chat. `retryable` says whether a Retry button makes sense.
+"""
+
+from __future__ import annotations
+
+import math
+
+MAX_REFERENCE_IMAGES = 3
+MAX_IMAGE_BYTES = 7 * 1024 * 1024
+MAX_PROMPT_CHARS = 2000
+SUPPORTED_MIME_TYPES = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _trim(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+class ImagineError(Exception):
+    """Base of every user-visible failure."""
+
+    retryable: bool = False
+    code: str = "error"
+
+    def __init__(self, user_message: str, *, detail: str | None = None) -> None:
+        super().__init__(detail or user_message)
+        self.user_message = user_message
+        self.detail = detail or user_message
+
+    def __str__(self) -> str:  # the log line
+        return f"{type(self).__name__}: {self.detail}"
+
+
+# --- provider outcomes -------------------------------------------------------------------
+
+
+class SafetyBlocked(ImagineError):
+    code = "safety"
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "The image model's safety filter blocked this request. "
+            "Try rewording the prompt or using a different image.",
+            detail=detail,
+        )
+
+
+class NoImageReturned(ImagineError):
+    code = "no_image"
+    retryable = True
+
+    def __init__(self, model_text: str = "", *, detail: str | None = None) -> None:
+        self.model_text = model_text
+        if model_text.strip():
+            message = f'The model answered without an image: "{_trim(model_text)}"'
+        else:
+            message = "The model didn't return an image this time. Try rephrasing the prompt."
+        super().__init__(message, detail=detail)
+
+
+class RateLimited(ImagineError):
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(self, retry_after: float | None = None, *, detail: str | None = None) -> None:
+        self.retry_after = retry_after
+        if retry_after and retry_after > 0:
+            wait = math.ceil(retry_after)
+            when = f"in {wait} seconds" if wait < 120 else f"in {math.ceil(wait / 60)} minutes"
+            message = f"The image provider is rate limiting us. Please try again {when}."
+        else:
+            message = "The image provider is rate limiting us. Please try again in a minute."
+        super().__init__(message, detail=detail)
+
+
+class ProviderUnavailable(ImagineError):
+    code = "unavailable"
+    retryable = True
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "The image provider is unavailable right now. Please try again in a few minutes.",
+            detail=detail,
+        )
+
+
+class ProviderTimeout(ImagineError):
+    code = "timeout"
+    retryable = True
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "The image provider took too long to answer. Please try again.", detail=detail
+        )
+
+
+class InvalidProviderResponse(ImagineError):
+    """Malformed JSON, bad base64, an oversized or non-image answer from the provider."""
+
+    code = "bad_response"
+    retryable = True
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "The image provider sent an answer I couldn't read. Please try again.",
+            detail=detail,
+        )
+
+
+class BadApiKey(ImagineError):
+    """The key was refused: the user learns an admin must act; the log says what failed."""
+
+    code = "bad_key"
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "The bot isn't set up correctly for its image provider. "
+            "An admin has been told to check the logs.",
+            detail=detail,
+        )
+
+
+class ProviderRejected(ImagineError):
+    """A 4xx input error the provider explains; its message is safe but trimmed."""
+
+    code = "rejected"
+
+    def __init__(self, reason: str = "", *, detail: str | None = None) -> None:
+        message = "The image provider rejected this request"
+        message += f": {_trim(reason, 200)}" if reason.strip() else "."
+        super().__init__(message, detail=detail)
+
+
+# --- user input ----------------------------------------------------------------------------
+
+
+class NotAnImage(ImagineError):
+    code = "not_image"
+
+    def __init__(self, name: str = "", *, detail: str | None = None) -> None:
+        what = f"“{name}”" if name else "That attachment"
+        super().__init__(
+            f"{what} isn't an image. Attach a PNG, JPEG, WebP, HEIC or HEIF file.", detail=detail
+        )
+
+
+class UnsupportedImageType(ImagineError):
+    code = "unsupported_type"
+
+    def __init__(self, mime: str, *, detail: str | None = None) -> None:
+        self.mime = mime
+        super().__init__(
+            f"{mime} images aren't supported. Use PNG, JPEG, WebP, HEIC or HEIF.", detail=detail
+        )
+
+
+class ImageTooLarge(ImagineError):
+    code = "too_large"
+
+    def __init__(self, size: int, *, detail: str | None = None) -> None:
+        self.size = size
+        super().__init__(
+            f"That image is {_mb(size)}; the limit is {_mb(MAX_IMAGE_BYTES)} per image.",
+            detail=detail,
+        )
+
+
+class TooManyImages(ImagineError):
+    code = "too_many_images"
+
+    def __init__(self, count: int, *, detail: str | None = None) -> None:
+        self.count = count
+        super().__init__(
+            f"You attached {count} images; at most {MAX_REFERENCE_IMAGES} can be used at once.",
+            detail=detail,
+        )
+
+
+class EmptyPrompt(ImagineError):
+    code = "empty_prompt"
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__("Tell me what to draw: the prompt is empty.", detail=detail)
+
+
+class PromptTooLong(ImagineError):
+    code = "prompt_too_long"
+
+    def __init__(self, length: int, *, detail: str | None = None) -> None:
+        self.length = length
+        super().__init__(
+            f"The prompt is {length} characters; please keep it under {MAX_PROMPT_CHARS}.",
+            detail=detail,
+        )
+
+
+class UnknownAspectRatio(ImagineError):
+    code = "bad_aspect_ratio"
+
+    def __init__(self, value: str, *, detail: str | None = None) -> None:
+        from bot.models import ASPECT_RATIOS
+
+        self.value = value
+        super().__init__(
+            f"“{_trim(value, 20)}” isn't a supported aspect ratio. "
+            f"Choose one of {', '.join(ASPECT_RATIOS)}.",
+            detail=detail,
+        )
+
+
+# --- bot rules -----------------------------------------------------------------------------
+
+
+class UserQueueFull(ImagineError):
+    code = "queue_full"
+    retryable = True
+
+    def __init__(self, jobs: int, *, detail: str | None = None) -> None:
+        self.jobs = jobs
+        super().__init__(
+            f"You already have {jobs} images in progress. "
+            "Try again when one of them is finished.",
+            detail=detail,
+        )
+
+
+class UnknownTurn(ImagineError):
+    code = "unknown_turn"
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "I can't find that image any more: it was deleted or is from before my records.",
+            detail=detail,
+        )
+
+
+class NotAllowed(ImagineError):
+    code = "not_allowed"
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "Only the person who asked for this image (or a moderator) can do that.",
+            detail=detail,
+        )
+
+
+class ShuttingDown(ImagineError):
+    code = "shutting_down"
+    retryable = True
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "The bot is restarting. Please send that again in a moment.", detail=detail
+        )
+
+
+class Cancelled(ImagineError):
+    code = "cancelled"
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__("Cancelled.", detail=detail)
+
+
+class InternalError(ImagineError):
+    """Something of ours broke: the user gets an apology, the log gets the traceback."""
+
+    code = "internal"
+    retryable = True
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "Something went wrong on my side. It has been logged; please try again.",
+            detail=detail,
+        )

@@ -1,0 +1,46 @@
+"""The port every image provider implements, and what a provider may ask of the job."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from bot.models import ASPECT_RATIOS, ImageRequest, ImageResult
+
+
+async def _ignore(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCall:
+    """Per-call hooks a provider can use.
+
+    `on_submitted` durably records a provider-side request id *before* the first poll, so an
+    asynchronous provider (GMI) can be resumed after a restart. `resume_id` is that id when
+    the job is being resumed: the provider polls it instead of submitting again.
+    """
+
+    resume_id: str | None = None
+    on_submitted: Callable[[str], Awaitable[None]] = _ignore
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    max_reference_images: int = 3
+    aspect_ratios: tuple[str, ...] = ASPECT_RATIOS
+    resumable: bool = False
+    """True when a stored provider request id can be polled again after a restart."""
+
+
+@runtime_checkable
+class Provider(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    async def generate(self, request: ImageRequest, call: ProviderCall = ...) -> ImageResult:
+        """Return at least one image or raise a `bot.errors.ImagineError`."""
+        ...
+
+    async def aclose(self) -> None: ...

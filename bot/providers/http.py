@@ -1,0 +1,266 @@
+"""The HTTP plumbing every provider shares: one client, retries, limits, base64 off the loop.
+
+Providers translate their documentation into requests and answers; this module owns the
+parts that are the same everywhere: what is retried (429 honouring Retry-After, 5xx,
+timeouts, connection failures) and what never is (safety blocks and other 4xx), how big an
+answer may be, and how base64 images are decoded without blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from bot.errors import (
+    BadApiKey,
+    ImagineError,
+    InvalidProviderResponse,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+)
+from bot.models import Image, now
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 48 * 1024 * 1024
+"""Largest provider answer we read: a few 1K PNGs in base64 fit many times over."""
+
+_OFF_LOOP_BYTES = 256 * 1024
+
+ErrorMapper = Callable[[httpx.Response, Any], ImagineError]
+"""Turns a non-retryable error answer (status, parsed body or None) into a user error."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 4
+    """Tries in all, the first included."""
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+    max_retry_after: float = 60.0
+    """A Retry-After longer than this is not waited out: the user is told when to retry."""
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+def make_client(
+    base_url: str,
+    headers: dict[str, str],
+    *,
+    timeout: float = 120.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The one client a provider keeps for its lifetime (connection pooling, timeouts)."""
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers={"User-Agent": "imagine-bot/0.1", **headers},
+        timeout=httpx.Timeout(timeout, connect=10.0),
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        transport=transport,
+    )
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """Parse Retry-After as seconds or as an HTTP date."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_message(body: Any) -> str:
+    """The human part of an error body.
+
+    Accepts `{"error": {"message"}}`, `{"error": "…"}` and a flat `{"message"}`.
+    """
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    return ""
+
+
+def default_error(response: httpx.Response, body: Any) -> ImagineError:
+    """The mapping most APIs share; providers extend it for their safety signals."""
+    detail = f"HTTP {response.status_code} from {response.request.url.path}: {error_message(body)}"
+    if response.status_code in (401, 403):
+        return BadApiKey(detail=detail)
+    if response.status_code == 429:
+        return RateLimited(retry_after_seconds(response), detail=detail)
+    if response.status_code >= 500:
+        return ProviderUnavailable(detail=detail)
+    return ProviderRejected(error_message(body), detail=detail)
+
+
+async def parse_json(raw: bytes) -> Any:
+    """Parse a provider answer; large bodies (base64 images) are parsed off the loop."""
+    try:
+        if len(raw) > _OFF_LOOP_BYTES:
+            return await asyncio.to_thread(json.loads, raw)
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidProviderResponse(detail=f"malformed JSON: {exc}") from exc
+
+
+async def read_limited(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> bytes:
+    """Read a streamed body, refusing anything larger than `limit` as it arrives."""
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise InvalidProviderResponse(detail=f"answer of {declared} bytes exceeds {limit}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise InvalidProviderResponse(detail=f"answer larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def request_json(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    policy: RetryPolicy = RetryPolicy(),
+    map_error: ErrorMapper = default_error,
+    limit: int = MAX_RESPONSE_BYTES,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Any:
+    """Send a request with bounded retries and return the parsed JSON body.
+
+    Retried: 429 (waiting Retry-After when it is short), 5xx, timeouts, connection errors.
+    Not retried: every other 4xx, including safety refusals. The final failure is mapped to
+    the user-facing error by `map_error`.
+    """
+    last: ImagineError = ProviderUnavailable(detail="no attempt made")
+    for attempt in range(policy.attempts):
+        final = attempt == policy.attempts - 1
+        try:
+            async with client.stream(method, url, json=json_body) as response:
+                raw = await read_limited(response, limit)
+        except httpx.TimeoutException as exc:
+            last = ProviderTimeout(detail=f"{method} {url}: {type(exc).__name__}")
+        except httpx.TransportError as exc:
+            last = ProviderUnavailable(detail=f"{method} {url}: {type(exc).__name__}: {exc}")
+        else:
+            if response.is_success:
+                return await parse_json(raw)
+            try:
+                body: Any = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            error = map_error(response, body)
+            retryable = response.status_code == 429 or response.status_code >= 500
+            if not retryable:
+                raise error
+            last = error
+            wait = retry_after_seconds(response) if response.status_code == 429 else None
+            if wait is None and isinstance(error, RateLimited):
+                wait = error.retry_after  # a provider's own hint, e.g. Google's RetryInfo
+            if wait is not None and wait > policy.max_retry_after:
+                raise error
+            if not final:
+                log.warning("%s %s → %s, retrying", method, url, response.status_code)
+                await sleep(wait if wait is not None else policy.backoff(attempt))
+                continue
+        if not final:
+            log.warning("%s, retrying", last)
+            await sleep(policy.backoff(attempt))
+    raise last
+
+
+# --- images --------------------------------------------------------------------------------
+
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"WEBP", 8, "image/webp"),
+    (b"GIF8", 0, "image/gif"),
+)
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The image type the bytes say they are, whatever a header or file name claims."""
+    for magic, offset, mime in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            if mime == "image/webp" and data[:4] != b"RIFF":
+                continue
+            return mime
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"):
+            return "image/heic"
+        if brand in (b"mif1", b"msf1", b"heif"):
+            return "image/heif"
+    return None
+
+
+def _decode_image(data: str) -> Image:
+    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidProviderResponse(detail=f"invalid base64 image: {exc}") from exc
+    mime = sniff_mime(raw)
+    if mime is None:
+        raise InvalidProviderResponse(detail=f"decoded {len(raw)} bytes are not an image")
+    return Image.of(raw, mime)
+
+
+async def decode_image(data: str) -> Image:
+    """Base64 (or a data URL) → Image, validated by its magic bytes, off the event loop."""
+    if not isinstance(data, str) or not data:
+        raise InvalidProviderResponse(detail="image field is empty or not a string")
+    if len(data) < _OFF_LOOP_BYTES:
+        return _decode_image(data)
+    return await asyncio.to_thread(_decode_image, data)
+
+
+def _encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+async def b64encode(image: Image) -> str:
+    """Base64 of an image, off the event loop when it is large."""
+    if image.size < _OFF_LOOP_BYTES:
+        return _encode(image.data)
+    return await asyncio.to_thread(_encode, image.data)
+
+
+async def data_url(image: Image) -> str:
+    return f"data:{image.mime};base64,{await b64encode(image)}"
+
+
+async def image_from_download(raw: bytes) -> Image:
+    """Bytes downloaded from a provider's storage → Image, refusing non-images."""
+    mime = sniff_mime(raw[:64])
+    if mime is None:
+        raise InvalidProviderResponse(detail=f"download of {len(raw)} bytes is not an image")
+    return await Image.from_bytes(raw, mime)

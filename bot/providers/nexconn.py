@@ -1,0 +1,316 @@
+"""Nexconn's OpenAI-style API for Gemini 2.5 Flash Image, translated into a `Provider`.
+
+What the Nexconn documentation says, and what we do with it:
+
+- Host `https://api-xmodel.nexconn.ai`; every path adds `/v1/…`. Authentication is one
+  header. The documentation shows `Authorization: <api-key>`; the vendor it resells expects
+  `Authorization: Bearer <api-key>`. We send `Bearer` and make the scheme a setting
+  (`auth_scheme=""` sends the bare key).
+- **Text to image**: `POST /v1/images/generations` with JSON
+  `{model, prompt, n, image_config: {aspect_ratio}}`. The answer is
+  `{created, data: [{b64_json}], output_format: "png", usage: {input_tokens, output_tokens,
+  total_tokens}}`. We use it when there is nothing to edit (no history, no reference image).
+- **Chat** (the default for edits and every multi-turn conversation):
+  `POST /v1/chat/completions` in the OpenAI chat shape. A user message's content is a list
+  of `{type: "text", text}` and `{type: "image_url", image_url: {url}}` parts, where the URL
+  may be a `data:image/png;base64,…` URL. `image_config: {aspect_ratio}` goes at the top
+  level and `modalities: ["image", "text"]` asks for an image. The answer carries its images
+  in `choices[0].message.images[]` as `{type: "image_url", image_url: {url: "data:…"}}`;
+  `message.content` holds the model's words and may be empty.
+- **Edits**: `POST /v1/images/edits` with JSON (not multipart) `{model, prompt, image}`,
+  where `image` is a list of https or data URLs. Same answer as text to image.
+
+Why chat is the default for edits: the server keeps no state, so a conversation is only as
+good as what each request carries. The chat endpoint takes the whole history — every
+earlier instruction with the image it produced (sent again as data URLs) — so after "now in
+watercolor" and then "make the cup blue" the model still knows the picture should stay
+watercolor. The edits endpoint sees one instruction and the last image only; it cannot
+know what was asked before. It stays reachable (`mode="edits"`) for accounts or models
+where chat is not offered, and then acts single-turn: the parent's image plus any new
+reference images.
+
+Failures: the API answers 400, 401, 429 and 500 with `{"error": {"message", "type"}}` (a
+flat `{"message"}` is accepted too, the documentation does not pin it down). A 400 whose
+`type` or `code` is `content_policy_violation`, or whose message speaks of safety, policy or
+blocking, is the safety filter, not a malformed request. A 200 with an empty `data` list or
+no `message.images` is the model declining; its text is shown to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import httpx
+
+from bot.errors import (
+    ImagineError,
+    InvalidProviderResponse,
+    NoImageReturned,
+    SafetyBlocked,
+)
+from bot.models import HistoryTurn, Image, ImageRequest, ImageResult, Usage
+from bot.providers.base import Capabilities, ProviderCall
+from bot.providers.http import (
+    MAX_RESPONSE_BYTES,
+    RetryPolicy,
+    data_url,
+    decode_image,
+    default_error,
+    error_message,
+    make_client,
+    request_json,
+)
+
+DEFAULT_POLICY: Final = RetryPolicy()
+NO_HOOKS: Final = ProviderCall()
+DEFAULT_BASE_URL: Final = "https://api-xmodel.nexconn.ai"
+MODES: Final = ("chat", "edits")
+
+GENERATIONS_PATH: Final = "/v1/images/generations"
+EDITS_PATH: Final = "/v1/images/edits"
+CHAT_PATH: Final = "/v1/chat/completions"
+
+_SAFETY_CODES: Final = frozenset(
+    {"content_policy_violation", "content_filter", "moderation_blocked"}
+)
+_SAFETY_WORDS: Final = re.compile(
+    r"safety|unsafe|polic(?:y|ies)|blocked|moderation|prohibited", re.I
+)
+
+
+def _error_fields(body: Any) -> tuple[str, str]:
+    """`type` and `code` of an error body, nested or flat, as lower-case strings."""
+    if not isinstance(body, dict):
+        return "", ""
+    err = body.get("error")
+    source = err if isinstance(err, dict) else body
+    return str(source.get("type") or "").lower(), str(source.get("code") or "").lower()
+
+
+def is_safety_refusal(body: Any) -> bool:
+    """Whether an error body is the safety filter speaking (by its code or its words)."""
+    kind, code = _error_fields(body)
+    if kind in _SAFETY_CODES or code in _SAFETY_CODES:
+        return True
+    return bool(_SAFETY_WORDS.search(error_message(body)))
+
+
+def map_error(response: httpx.Response, body: Any) -> ImagineError:
+    """Nexconn's error answers → the user's error; the safety filter is recognised first."""
+    status = response.status_code
+    if 400 <= status < 500 and status not in (401, 403, 429) and is_safety_refusal(body):
+        detail = f"HTTP {status} from {response.request.url.path}: {error_message(body)}"
+        return SafetyBlocked(detail=detail)
+    return default_error(response, body)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_usage(body: dict[str, Any]) -> Usage:
+    """Chat answers count `prompt_tokens`/`completion_tokens`, the images API
+    `input_tokens`/`output_tokens`; either is read from either endpoint."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return Usage()
+    given_in = usage.get("input_tokens", usage.get("prompt_tokens"))
+    given_out = usage.get("output_tokens", usage.get("completion_tokens"))
+    inp, out = _int(given_in), _int(given_out)
+    total = _int(usage.get("total_tokens")) or inp + out
+    return Usage(input_tokens=inp, output_tokens=out, total_tokens=total)
+
+
+class NexconnProvider:
+    """Gemini 2.5 Flash Image through Nexconn: synchronous, images in and out as base64."""
+
+    name = "nexconn"
+    capabilities = Capabilities(max_reference_images=3, resumable=False)
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        mode: str = "chat",
+        auth_scheme: str = "Bearer",
+        transport: httpx.AsyncBaseTransport | None = None,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        timeout: float = 120.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"Nexconn mode must be one of {', '.join(MODES)}, not {mode!r}")
+        authorization = f"{auth_scheme} {api_key}" if auth_scheme else api_key
+        self.mode = mode
+        self._policy = policy
+        self._limit = max_response_bytes
+        self._sleep = sleep
+        self._client = make_client(
+            base_url, {"Authorization": authorization}, timeout=timeout, transport=transport
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def generate(self, request: ImageRequest, call: ProviderCall = NO_HOOKS) -> ImageResult:
+        if not request.history and not request.references:
+            return await self._generate(request)
+        if self.mode == "edits":
+            return await self._edit(request)
+        return await self._chat(request)
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await request_json(
+            self._client,
+            "POST",
+            path,
+            json_body=body,
+            policy=self._policy,
+            map_error=map_error,
+            limit=self._limit,
+            sleep=self._sleep,
+        )
+        if not isinstance(answer, dict):
+            raise InvalidProviderResponse(detail=f"{path}: answer is {type(answer).__name__}")
+        error = answer.get("error")
+        if error and not answer.get("data") and not answer.get("choices"):
+            # Some gateways report a failure inside a 200.
+            if is_safety_refusal(answer):
+                raise SafetyBlocked(detail=f"{path}: {error_message(answer)}")
+            raise InvalidProviderResponse(detail=f"{path}: error in a 200: {error_message(answer)}")
+        return answer
+
+    # --- /v1/images/generations and /v1/images/edits -------------------------------------
+
+    async def _generate(self, request: ImageRequest) -> ImageResult:
+        body = {
+            "model": request.model,
+            "prompt": request.prompt,
+            "n": 1,
+            "image_config": {"aspect_ratio": request.aspect_ratio},
+        }
+        return await self._images_answer(GENERATIONS_PATH, await self._post(GENERATIONS_PATH, body))
+
+    async def _edit(self, request: ImageRequest) -> ImageResult:
+        sources: list[Image] = []
+        if request.history:
+            sources.append(request.history[-1].result)
+        sources.extend(request.references)
+        body = {
+            "model": request.model,
+            "prompt": request.prompt,
+            "image": [await data_url(image) for image in sources],
+        }
+        return await self._images_answer(EDITS_PATH, await self._post(EDITS_PATH, body))
+
+    async def _images_answer(self, path: str, answer: dict[str, Any]) -> ImageResult:
+        data = answer.get("data")
+        if data is not None and not isinstance(data, list):
+            raise InvalidProviderResponse(detail=f"{path}: `data` is {type(data).__name__}")
+        images: list[Image] = []
+        for item in data or ():
+            encoded = item.get("b64_json") if isinstance(item, dict) else None
+            if encoded is None and isinstance(item, dict):
+                url = item.get("url")
+                encoded = url if isinstance(url, str) and url.startswith("data:") else None
+            if encoded is None:
+                raise InvalidProviderResponse(
+                    detail=f"{path}: item without b64_json: {item!r:.200}"
+                )
+            images.append(await decode_image(encoded))
+        text = _text_of(answer.get("text") or answer.get("revised_prompt"))
+        if not images:
+            raise NoImageReturned(text, detail=f"{path}: empty data")
+        return ImageResult(images=tuple(images), text=text, usage=parse_usage(answer))
+
+    # --- /v1/chat/completions --------------------------------------------------------------
+
+    async def _chat(self, request: ImageRequest) -> ImageResult:
+        messages: list[dict[str, Any]] = []
+        for turn in request.history:
+            messages.extend(await _turn_messages(turn))
+        messages.append(
+            {"role": "user", "content": await _user_content(request.prompt, request.references)}
+        )
+        body = {
+            "model": request.model,
+            "messages": messages,
+            "modalities": ["image", "text"],
+            "image_config": {"aspect_ratio": request.aspect_ratio},
+        }
+        answer = await self._post(CHAT_PATH, body)
+        choices = answer.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise InvalidProviderResponse(detail=f"{CHAT_PATH}: no choices")
+        choice = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise InvalidProviderResponse(detail=f"{CHAT_PATH}: choice without a message")
+        text = _text_of(message.get("content"))
+        urls = _image_urls(message.get("images")) + _image_urls(message.get("content"))
+        images = [await decode_image(url) for url in urls]
+        if not images:
+            finish = str(choice.get("finish_reason") or "")
+            if finish == "content_filter":
+                raise SafetyBlocked(detail=f"{CHAT_PATH}: finish_reason content_filter: {text}")
+            raise NoImageReturned(text, detail=f"{CHAT_PATH}: no images, finish_reason {finish}")
+        return ImageResult(images=tuple(images), text=text, usage=parse_usage(answer))
+
+
+async def _user_content(text: str, references: tuple[Image, ...]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    for image in references:
+        parts.append({"type": "image_url", "image_url": {"url": await data_url(image)}})
+    return parts
+
+
+async def _turn_messages(turn: HistoryTurn) -> list[dict[str, Any]]:
+    """One earlier turn as the chat API expects it: the ask, then the answer with its image."""
+    answer: list[dict[str, Any]] = []
+    if turn.text.strip():
+        answer.append({"type": "text", "text": turn.text})
+    answer.append({"type": "image_url", "image_url": {"url": await data_url(turn.result)}})
+    return [
+        {"role": "user", "content": await _user_content(turn.prompt, turn.references)},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def _text_of(content: Any) -> str:
+    """`message.content` as text: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, list):
+        texts = [
+            str(part.get("text"))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and part.get("text")
+        ]
+        return "\n".join(texts).strip()
+    return ""
+
+
+def _image_urls(parts: Any) -> list[str]:
+    """`[{type: "image_url", image_url: {url}}]` → the URLs (a bare string URL is accepted)."""
+    if not isinstance(parts, list):
+        return []
+    urls: list[str] = []
+    for part in parts:
+        if not isinstance(part, dict) or part.get("type", "image_url") != "image_url":
+            continue
+        inner = part.get("image_url")
+        url = inner.get("url") if isinstance(inner, dict) else inner
+        if not isinstance(url, str) or not url:
+            raise InvalidProviderResponse(detail=f"image part without a URL: {part!r:.200}")
+        if not url.startswith("data:"):
+            raise InvalidProviderResponse(detail=f"image is a link, not data: {url[:80]}")
+        urls.append(url)
+    return urls
+
+
+__all__ = ["NexconnProvider", "is_safety_refusal", "map_error", "parse_usage"]

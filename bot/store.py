@@ -1,0 +1,104 @@
+"""The port the core needs from storage. `storage/` implements it; the core never imports it.
+
+Every method that writes several rows does so in one transaction. Images are keyed by
+sha256 and written once however often they are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from bot.models import JSON, Image, Job, JobStatus, Thread, ThreadKey, Turn
+
+
+@runtime_checkable
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    # images ---------------------------------------------------------------------------------
+    async def put_images(self, images: Sequence[Image]) -> None:
+        """Insert images not stored yet (deduplicated by sha256)."""
+        ...
+
+    async def get_image(self, sha256: str) -> Image | None: ...
+
+    # threads --------------------------------------------------------------------------------
+    async def create_thread(self, thread: Thread) -> Thread:
+        """Insert a thread; if its key exists already, return the stored one unchanged."""
+        ...
+
+    async def get_thread(self, thread_id: str) -> Thread | None: ...
+
+    async def thread_by_key(self, key: ThreadKey) -> Thread | None: ...
+
+    async def list_threads(
+        self, platform: str, workspace: str | None = None, limit: int = 20
+    ) -> list[Thread]:
+        """Newest first (by latest activity)."""
+        ...
+
+    # jobs -----------------------------------------------------------------------------------
+    async def add_job(self, job: Job, images: Sequence[Image] = ()) -> None:
+        """Record an accepted job and its reference images in one transaction."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def mark_job_running(self, job_id: str, parent_turn_id: str | None) -> None:
+        """Status running, started_at set, and the parent actually used (follow_latest)."""
+        ...
+
+    async def set_job_provider_request(self, job_id: str, request_id: str) -> None:
+        """Store the provider's request id before the first poll (resume after restart)."""
+        ...
+
+    async def finish_job(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
+        """Failed or cancelled (success goes through `complete_job`)."""
+        ...
+
+    async def complete_job(self, job_id: str, turn: Turn, images: Sequence[Image]) -> None:
+        """One transaction: the result images, the new turn, the job marked done."""
+        ...
+
+    async def unfinished_jobs(self) -> list[Job]:
+        """Queued or running jobs, oldest first: what a restart must resume."""
+        ...
+
+    async def active_job_for_thread(self, thread_id: str) -> Job | None: ...
+
+    # turns ----------------------------------------------------------------------------------
+    async def get_turn(self, turn_id: str) -> Turn | None: ...
+
+    async def latest_turn(self, thread_id: str) -> Turn | None:
+        """The most recent turn of the thread that is not deleted."""
+        ...
+
+    async def turn_path(self, turn_id: str, limit: int) -> list[Turn]:
+        """The path root → `turn_id` (inclusive), keeping only its last `limit` turns."""
+        ...
+
+    async def count_path(self, turn_id: str) -> int:
+        """How many turns the full root → `turn_id` path has."""
+        ...
+
+    async def mark_turn_deleted(self, turn_id: str) -> None: ...
+
+    # platform messages ----------------------------------------------------------------------
+    async def link_message(self, platform: str, message_id: str, turn_id: str) -> None:
+        """Index a platform message that shows a turn, so a reply to it finds the turn."""
+        ...
+
+    async def turn_for_message(self, platform: str, message_id: str) -> Turn | None: ...
+
+    async def messages_for_turn(self, platform: str, turn_id: str) -> list[str]: ...
+
+    # deduplication --------------------------------------------------------------------------
+    async def claim_event(self, platform: str, event_id: str) -> bool:
+        """True the first time an event id is seen (Slack retries), False afterwards."""
+        ...
+
+    # small key/value state for adapters (e.g. last selected console thread) ---------------
+    async def get_state(self, key: str) -> JSON: ...
+
+    async def set_state(self, key: str, value: JSON) -> None: ...

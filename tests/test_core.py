@@ -1,0 +1,282 @@
+"""The core's rules against a real SQLite store and a recording provider at the port seam."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from bot.core import Delivery, EditRequest, ImagineBot, ImagineRequest, Phase, Progress
+from bot.errors import ImagineError, NotAllowed, RateLimited, UnknownTurn
+from bot.models import Image, Job, JobStatus, ThreadKey, new_id
+from bot.scheduler import Limits
+from bot.store import Store
+from storage import open_store
+from tests.fakes.recording_provider import RecordingProvider
+
+
+@dataclass
+class CollectingSink:
+    """The adapter port, collecting what a user would see."""
+
+    progress_updates: list[Progress] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def progress(self, update: Progress) -> None:
+        self.progress_updates.append(update)
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        self.deliveries.append(delivery)
+        self.done.set()
+        return f"msg-{delivery.turn.id}"
+
+    async def fail(self, job: Job | None, error: ImagineError) -> None:
+        self.errors.append(error.user_message)
+        self.done.set()
+
+
+@pytest.fixture
+def provider() -> RecordingProvider:
+    return RecordingProvider()
+
+
+@pytest.fixture
+async def core(sqlite_store: Store, provider: RecordingProvider) -> AsyncIterator[ImagineBot]:
+    bot = ImagineBot(sqlite_store, provider, model="gemini-2.5-flash-image", history_turns=8)
+    await bot.start()
+    yield bot
+    await bot.shutdown(0)
+
+
+def key() -> ThreadKey:
+    return ThreadKey("test", "team", "channel", new_id())
+
+
+async def finished(core: ImagineBot, sink: CollectingSink) -> Delivery:
+    await asyncio.wait_for(core.idle(), 10)
+    assert not sink.errors, sink.errors
+    return sink.deliveries[-1]
+
+
+async def test_imagine_edit_edit_then_branch_from_turn_one(
+    core: ImagineBot, provider: RecordingProvider
+) -> None:
+    sink = CollectingSink()
+    await core.imagine(ImagineRequest(key(), "alice", "a panda making latte art", "16:9"), sink)
+    turn1 = (await finished(core, sink)).turn
+    await core.edit(EditRequest("alice", "make the cup blue", turn_id=turn1.id), sink)
+    turn2 = (await finished(core, sink)).turn
+    await core.edit(EditRequest("alice", "now in watercolor", turn_id=turn2.id), sink)
+    turn3 = (await finished(core, sink)).turn
+    await core.edit(EditRequest("bob", "give the panda a hat", turn_id=turn1.id), sink)
+    branch = (await finished(core, sink)).turn
+
+    assert [r.prompt for r in provider.requests] == [
+        "a panda making latte art",
+        "make the cup blue",
+        "now in watercolor",
+        "give the panda a hat",
+    ]
+    third = provider.requests[2]
+    assert [h.prompt for h in third.history] == ["a panda making latte art", "make the cup blue"]
+    assert third.history[-1].result.data == provider.results[1].image.data
+    branch_request = provider.requests[3]
+    assert [h.prompt for h in branch_request.history] == ["a panda making latte art"]
+    assert branch_request.history[0].result.data == provider.results[0].image.data
+    assert branch_request.aspect_ratio == "16:9"  # inherited from the parent
+    assert (turn2.parent_id, turn3.parent_id, branch.parent_id) == (turn1.id, turn2.id, turn1.id)
+    assert branch.thread_id == turn1.thread_id
+    # the image the user saw is the image the provider made, and a reply to it finds the turn
+    assert sink.deliveries[-1].image.data == provider.results[3].image.data
+    assert (await core.turn_for_message("test", f"msg-{branch.id}")) == branch
+
+
+async def test_two_quick_edits_build_on_each_other(
+    core: ImagineBot, provider: RecordingProvider
+) -> None:
+    sink = CollectingSink()
+    await core.imagine(ImagineRequest(key(), "alice", "a lighthouse"), sink)
+    first = (await finished(core, sink)).turn
+    gate = provider.hold()
+    await core.edit(EditRequest("alice", "add a storm", turn_id=first.id), sink)
+    await core.edit(EditRequest("alice", "add a boat", turn_id=first.id), sink)
+    gate.set()
+    await finished(core, sink)
+    storm, boat = (d.turn for d in sink.deliveries[1:])
+    assert storm.parent_id == first.id
+    assert boat.parent_id == storm.id  # not a branch: the second reply waited for the first
+    assert [h.prompt for h in provider.requests[2].history] == ["a lighthouse", "add a storm"]
+
+
+async def test_history_is_capped_with_a_note(sqlite_store: Store) -> None:
+    provider = RecordingProvider()
+    core = ImagineBot(sqlite_store, provider, model="m", history_turns=2)
+    sink = CollectingSink()
+    await core.imagine(ImagineRequest(key(), "alice", "a cat"), sink)
+    turn = (await finished(core, sink)).turn
+    for step in ("a hat", "a scarf", "boots"):
+        await core.edit(EditRequest("alice", step, turn_id=turn.id), sink)
+        turn = (await finished(core, sink)).turn
+    assert [h.prompt for h in provider.requests[-1].history] == ["a hat", "a scarf"]
+    assert sink.deliveries[-1].notes == (
+        "This thread is long, so only its last 2 images were sent to the model as context.",
+    )
+    assert sink.deliveries[1].notes == ()
+    await core.shutdown(0)
+
+
+async def test_reroll_uses_the_same_prompt_and_parent(
+    core: ImagineBot, provider: RecordingProvider
+) -> None:
+    sink = CollectingSink()
+    await core.imagine(ImagineRequest(key(), "alice", "a red fox", "3:2"), sink)
+    first = (await finished(core, sink)).turn
+    await core.edit(EditRequest("alice", "in snow", turn_id=first.id), sink)
+    edit = (await finished(core, sink)).turn
+    await core.reroll(edit.id, "bob", sink)
+    again = (await finished(core, sink)).turn
+    assert (again.prompt, again.parent_id, again.aspect_ratio) == ("in snow", first.id, "3:2")
+    assert again.id != edit.id
+    assert len(provider.requests) == 3
+
+
+async def test_edit_by_thread_key_follows_the_latest_image(core: ImagineBot) -> None:
+    sink = CollectingSink()
+    thread_key = key()
+    await core.imagine(ImagineRequest(thread_key, "alice", "a castle"), sink)
+    first = (await finished(core, sink)).turn
+    await core.edit(EditRequest("bob", "at night", thread_key=thread_key), sink)
+    second = (await finished(core, sink)).turn
+    assert second.parent_id == first.id
+    with pytest.raises(UnknownTurn):
+        await core.edit(EditRequest("bob", "again", thread_key=key()), sink)
+
+
+async def test_delete_is_for_the_requester_or_a_moderator(core: ImagineBot) -> None:
+    sink = CollectingSink()
+    await core.imagine(ImagineRequest(key(), "alice", "a tree"), sink)
+    turn = (await finished(core, sink)).turn
+    with pytest.raises(NotAllowed) as refused:
+        await core.delete(turn.id, "mallory")
+    assert refused.value.user_message == (
+        "Only the person who asked for this image (or a moderator) can do that."
+    )
+    await core.delete(turn.id, "mod", moderator=True)
+    with pytest.raises(UnknownTurn) as gone:
+        await core.edit(EditRequest("alice", "more leaves", turn_id=turn.id), sink)
+    assert gone.value.user_message == (
+        "I can't find that image any more: it was deleted or is from before my records."
+    )
+    assert await core.turn_for_message("test", f"msg-{turn.id}") is None
+
+
+async def test_provider_failure_is_reported_and_the_next_job_works(
+    core: ImagineBot, provider: RecordingProvider, sqlite_store: Store
+) -> None:
+    sink = CollectingSink()
+    provider.fail_next(RateLimited(30))
+    job = await core.imagine(ImagineRequest(key(), "alice", "a bridge"), sink)
+    await asyncio.wait_for(core.idle(), 10)
+    assert sink.errors == ["The image provider is rate limiting us. Please try again in 30 seconds."]
+    stored = await sqlite_store.get_job(job.id)
+    assert stored is not None and stored.status is JobStatus.FAILED
+    ok = CollectingSink()
+    await core.imagine(ImagineRequest(key(), "alice", "a bridge"), ok)
+    assert (await finished(core, ok)).image.mime == "image/png"
+
+
+async def test_input_errors_have_their_sentences(core: ImagineBot) -> None:
+    sink = CollectingSink()
+    image = Image.of(b"\x89PNG\r\n\x1a\n" + b"0" * 10)
+    cases = [
+        (ImagineRequest(key(), "a", "   "), "Tell me what to draw: the prompt is empty."),
+        (
+            ImagineRequest(key(), "a", "x" * 2001),
+            "The prompt is 2001 characters; please keep it under 2000.",
+        ),
+        (
+            ImagineRequest(key(), "a", "cat", "7:5"),
+            "“7:5” isn't a supported aspect ratio. "
+            "Choose one of 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 21:9.",
+        ),
+        (
+            ImagineRequest(key(), "a", "cat", references=(image,) * 4),
+            "You attached 4 images; at most 3 can be used at once.",
+        ),
+    ]
+    for request, sentence in cases:
+        with pytest.raises(ImagineError) as refused:
+            await core.imagine(request, sink)
+        assert refused.value.user_message == sentence
+    assert await core.store.list_threads("test") == []  # nothing half-recorded
+
+
+async def test_cancel_while_queued_and_while_running(
+    sqlite_store: Store, provider: RecordingProvider
+) -> None:
+    core = ImagineBot(sqlite_store, provider, model="m", limits=Limits(concurrency=1))
+    gate = provider.hold()
+    running, queued = CollectingSink(), CollectingSink()
+    first = await core.imagine(ImagineRequest(key(), "alice", "one"), running)
+    second = await core.imagine(ImagineRequest(key(), "bob", "two"), queued)
+    await asyncio.wait_for(provider.entered.wait(), 5)
+    with pytest.raises(NotAllowed):
+        await core.cancel(second.id, "alice")
+    assert await core.cancel(second.id, "bob") is True
+    assert await core.cancel(first.id, "alice") is True
+    await asyncio.wait_for(core.idle(), 5)
+    await asyncio.sleep(0.05)
+    assert running.errors == ["Cancelled."] and queued.errors == ["Cancelled."]
+    assert len(provider.requests) == 1  # the queued job never reached the provider
+    for job in (first, second):
+        stored = await sqlite_store.get_job(job.id)
+        assert stored is not None and stored.status is JobStatus.CANCELLED
+    gate.set()
+    await core.shutdown(0)
+
+
+async def test_queued_jobs_are_told_their_position(
+    sqlite_store: Store, provider: RecordingProvider
+) -> None:
+    core = ImagineBot(sqlite_store, provider, model="m", limits=Limits(concurrency=1))
+    gate = provider.hold()
+    sinks = [CollectingSink() for _ in range(3)]
+    for i, sink in enumerate(sinks):
+        await core.imagine(ImagineRequest(key(), f"user{i}", f"prompt {i}"), sink)
+    await asyncio.sleep(0.05)
+    assert [u.position for u in sinks[2].progress_updates if u.phase is Phase.QUEUED] == [2]
+    gate.set()
+    await asyncio.wait_for(core.idle(), 10)
+    await asyncio.sleep(0.05)
+    assert [u.position for u in sinks[2].progress_updates if u.phase is Phase.QUEUED] == [2, 1]
+    assert all(len(s.deliveries) == 1 for s in sinks)
+    await core.shutdown(0)
+
+
+async def test_unfinished_jobs_resume_after_a_restart(db_url: str) -> None:
+    store = await open_store(db_url)
+    slow = RecordingProvider()
+    gate = slow.hold()
+    first = ImagineBot(store, slow, model="m")
+    job = await first.imagine(ImagineRequest(key(), "alice", "a comet"), CollectingSink())
+    await asyncio.wait_for(slow.entered.wait(), 5)
+    left = await first.shutdown(grace=0)  # the process stops mid-job
+    assert left == [job.id]
+    await store.close()
+    del gate
+
+    store = await open_store(db_url)
+    provider = RecordingProvider()
+    second = ImagineBot(store, provider, model="m")
+    sink = CollectingSink()
+    second.register_platform("test", lambda _job: sink)
+    assert await second.resume_unfinished() == 1
+    delivery = await finished(second, sink)
+    assert delivery.job.id == job.id and delivery.turn.prompt == "a comet"
+    assert await store.unfinished_jobs() == []
+    await second.shutdown(0)
+    await store.close()
