@@ -130,9 +130,7 @@ SinkFactory = Callable[[Job], ReplySink]
 
 
 def history_note(kept: int) -> str:
-    return (
-        f"This thread is long, so only its last {kept} images were sent to the model as context."
-    )
+    return f"This thread is long, so only its last {kept} images were sent to the model as context."
 
 
 @dataclass

@@ -225,8 +225,7 @@ class UserQueueFull(ImagineError):
     def __init__(self, jobs: int, *, detail: str | None = None) -> None:
         self.jobs = jobs
         super().__init__(
-            f"You already have {jobs} images in progress. "
-            "Try again when one of them is finished.",
+            f"You already have {jobs} images in progress. Try again when one of them is finished.",
             detail=detail,
         )
 

@@ -162,7 +162,7 @@ class Scheduler:
         if work.thread_id in self._busy_threads:
             return False
         head = self._thread_queue.get(work.thread_id)
-        return bool(head) and head[0] == work.job_id
+        return head is not None and len(head) > 0 and head[0] == work.job_id
 
     def _user_order(self) -> list[str]:
         """Users with waiting work, least recently served first: that is the round-robin.

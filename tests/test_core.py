@@ -181,7 +181,9 @@ async def test_provider_failure_is_reported_and_the_next_job_works(
     provider.fail_next(RateLimited(30))
     job = await core.imagine(ImagineRequest(key(), "alice", "a bridge"), sink)
     await asyncio.wait_for(core.idle(), 10)
-    assert sink.errors == ["The image provider is rate limiting us. Please try again in 30 seconds."]
+    assert sink.errors == [
+        "The image provider is rate limiting us. Please try again in 30 seconds."
+    ]
     stored = await sqlite_store.get_job(job.id)
     assert stored is not None and stored.status is JobStatus.FAILED
     ok = CollectingSink()

@@ -121,7 +121,9 @@ class DemoProvider:
         self.latency = latency
         self.calls = 0
 
-    async def generate(self, request: ImageRequest, call: ProviderCall = ProviderCall()) -> ImageResult:
+    async def generate(
+        self, request: ImageRequest, call: ProviderCall = ProviderCall()
+    ) -> ImageResult:
         self.calls += 1
         if self.latency:
             await asyncio.sleep(self.latency)
