@@ -58,7 +58,8 @@ class ConsoleSink:
         await asyncio.to_thread(_write_file, path, delivery.image.data)
         for note in delivery.notes:
             self.write(f"note: {note}")
-        self.write(f"✓ {path}  ({turn.aspect_ratio}, {turn.model}, {turn.duration_s:.1f} s)")
+        made_by = "offline demo" if turn.provider == "demo" else f"{turn.provider} {turn.model}"
+        self.write(f"✓ {path}  ({turn.aspect_ratio}, {made_by}, {turn.duration_s:.1f} s)")
         return None
 
     async def fail(self, job: Job | None, error: ImagineError) -> None:

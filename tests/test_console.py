@@ -1,0 +1,111 @@
+"""The console as a user runs it: `python -m bot console`, lines on stdin, PNGs on disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image as PILImage
+
+KEYS = ("NEXCONN_API_KEY", "GMI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "IMAGINE_PROVIDER")
+
+
+def run_console(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in KEYS}
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path}/state/bot.db",
+        IMAGINE_OUTPUT_DIR=str(tmp_path / "out"),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "console"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,  # no stray .env from the repository
+    )
+
+
+def saved_paths(stdout: str) -> list[Path]:
+    return [Path(line.split()[1]) for line in stdout.splitlines() if line.startswith("✓ ")]
+
+
+def test_scripted_session_then_a_second_run_continues(tmp_path: Path) -> None:
+    first = run_console(
+        tmp_path,
+        "/imagine a panda making latte art --ar 16:9\nmake the cup blue\n/quit\n",
+    )
+    assert first.returncode == 0, first.stderr
+    made = saved_paths(first.stdout)
+    assert len(made) == 2
+    for path in made:
+        with PILImage.open(path) as image:
+            assert image.format == "PNG"
+            assert image.size == (1344, 768)  # 16:9, kept by the edit
+    assert made[0].read_bytes() != made[1].read_bytes()
+    assert (tmp_path / "state" / "bot.db").exists()  # the folder was created
+
+    second = run_console(tmp_path, "now in watercolor\n/threads\n/new\na red fox\n")
+    assert second.returncode == 0, second.stderr
+    assert "continuing thread “a panda making latte art”" in second.stdout
+    edited, fox = saved_paths(second.stdout)
+    assert edited.name.split("-")[0] == made[0].name.split("-")[0]  # same thread
+    with PILImage.open(edited) as image:
+        assert image.size == (1344, 768)
+    with PILImage.open(fox) as image:
+        assert image.size == (1024, 1024)
+    assert "a panda making latte art" in second.stdout.split("/thread N")[0]
+
+
+def test_pick_an_old_thread_and_bad_input_gets_a_clear_line(tmp_path: Path) -> None:
+    run_console(tmp_path, "/imagine first thread\n/imagine second thread\n")
+    result = run_console(
+        tmp_path,
+        "/threads\n/thread 2\nadd a moon\n/imagine   \n/imagine cat --ar 7:5\n/bogus\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "continuing “first thread”: type an edit" in result.stdout
+    assert len(saved_paths(result.stdout)) == 1
+    assert "✗ Tell me what to draw: the prompt is empty." in result.stdout
+    assert "✗ “7:5” isn't a supported aspect ratio." in result.stdout
+    assert "unknown command /bogus; /help lists them" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_invalid_setting_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in KEYS}
+    env["IMAGINE_PROVIDER"] = "midjourney"
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "console"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "IMAGINE_PROVIDER" in lines[0]
+
+
+def test_run_without_platform_credentials_says_what_is_missing(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in KEYS and not k.startswith(("DISCORD_", "SLACK_"))
+    }
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/bot.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "run"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "DISCORD_TOKEN" in result.stderr and "SLACK_BOT_TOKEN" in result.stderr
