@@ -114,15 +114,16 @@ class PollPolicy:
     from `first_interval` by `factor` up to `max_interval`, and the last poll is at `deadline`
     (then `ProviderTimeout`). Jitter moves each poll by up to ±`jitter` × its interval around
     that fixed schedule (it does not accumulate), which spreads many clients apart (GMI's rate
-    limit is per organisation) without changing how many polls a job needs.
+    limit is per organisation) while keeping the bound on polls below.
 
     The defaults give intervals 1.5, 2.475, 4.084, 4.5, 4.5, … and so polls at
     1.5, 3.98, 8.06, 12.56, 17.06, 21.56, 26.06, 30.56 s (then every 4.5 s up to 300 s):
 
     - Poll count: a job of 5–30 s is seen by the 8th poll, jitter included
       (30.56 − 0.1 × 4.5 = 30.11 ≥ 30); one of 5 s needs 3 polls, 10 s needs 4, 20 s needs 6.
-    - Detection delay: never more than one interval, so ≤ 4.5 s (± jitter); a 20 s job is seen
-      at 21.56 s (1.56 s, 7.8 %), a 30 s job at 30.56 s (1.9 %), 8 s at 8.06 s (0.8 %).
+    - Detection delay: at most one interval, ≤ 4.5 s (5.4 s if jitter moves both of its
+      ends apart); a 20 s job is seen at 21.56 s (1.56 s, 7.8 %), a 30 s job at 30.56 s
+      (1.9 %), an 8 s job at 8.06 s (0.8 %).
       Over jobs spread evenly from 5 to 30 s the mean delay is 2.2 s, 12.6 % of the mean job
       time (mean of delay/job 15.8 %).
     - The limit of the goal: a delay ≤ 10 % for *every* job length means each poll at most
@@ -397,7 +398,7 @@ class GmiProvider:
 
     def _failed(self, request_id: str, answer: dict[str, Any]) -> Exception:
         reason = _failure_reason(answer)
-        detail = f"GMI request {request_id} failed: {reason or answer!r:.300}"
+        detail = f"GMI request {request_id} failed: {(reason or repr(answer))[:300]}"
         if _SAFETY.search(reason):
             return SafetyBlocked(detail=detail)
         if _NO_IMAGE.search(reason):
