@@ -111,6 +111,8 @@ class ConsoleAdapter:
             if not await self.handle(line.strip()):
                 break
             await self.core.idle()
+        if stop is None or not stop.is_set():
+            await self.core.idle()  # resumed jobs finish before the console leaves
 
     async def handle(self, line: str) -> bool:
         """Handle one line; False means quit."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,48 @@ def test_run_without_platform_credentials_says_what_is_missing(tmp_path: Path) -
     )
     assert result.returncode == 2
     assert "DISCORD_TOKEN" in result.stderr and "SLACK_BOT_TOKEN" in result.stderr
+
+
+def test_sigterm_exits_cleanly_and_the_next_start_finishes_the_job(tmp_path: Path) -> None:
+    """SIGTERM mid-job: exit 0 after the grace period; the next run delivers the image."""
+    env = {k: v for k, v in os.environ.items() if k not in KEYS}
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path}/bot.db",
+        IMAGINE_OUTPUT_DIR=str(tmp_path / "out"),
+        IMAGINE_DEMO_LATENCY="30",
+        IMAGINE_SHUTDOWN_GRACE="0.2",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "console"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write("/imagine a slow sunrise\n")
+    process.stdin.flush()
+    for _ in range(50):  # wait until the job is running
+        if "generating" in process.stdout.readline():
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+    env["IMAGINE_DEMO_LATENCY"] = "0"
+    again = subprocess.run(
+        [sys.executable, "-m", "bot", "console"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "resuming 1 unfinished image(s) from last time" in again.stdout
+    assert len(saved_paths(again.stdout)) == 1
