@@ -133,6 +133,15 @@ def history_note(kept: int) -> str:
     return f"This thread is long, so only its last {kept} images were sent to the model as context."
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where an edit starts: a finished turn, or (turn_id None) a thread's pending image."""
+
+    thread_id: str
+    turn_id: str | None
+    aspect_ratio: str
+
+
 @dataclass
 class _Live:
     """A job the core is watching: its sink and what the user was last shown."""
@@ -250,16 +259,16 @@ class ImagineBot:
         instruction = clean_prompt(request.instruction)
         ratio = parse_aspect_ratio(request.aspect_ratio)
         check_reference_count(len(request.references))
-        parent, follow_latest = await self._edit_target(request)
+        target, follow_latest = await self._edit_target(request)
         self.scheduler.check_admission(request.user_id)
         job = self._new_job(
-            thread_id=parent.thread_id,
+            thread_id=target.thread_id,
             user_id=request.user_id,
             kind=TurnKind.EDIT,
             prompt=instruction,
             references=request.references,
-            aspect_ratio=ratio or parent.aspect_ratio,
-            parent_turn_id=parent.id,
+            aspect_ratio=ratio or target.aspect_ratio,
+            parent_turn_id=target.turn_id,
             follow_latest=follow_latest,
             destination=request.destination,
         )
@@ -370,20 +379,27 @@ class ImagineBot:
             raise UnknownTurn(detail=f"turn {turn_id}")
         return turn
 
-    async def _edit_target(self, request: EditRequest) -> tuple[Turn, bool]:
-        """The turn to edit, and whether it was the thread's latest (then follow the thread)."""
+    async def _edit_target(self, request: EditRequest) -> tuple[_Target, bool]:
+        """What to edit, and whether to follow the thread's latest turn when the job starts.
+
+        A reply to the latest image follows the thread, so quick replies build on each
+        other; a reply to an older image is a branch from it. A reply to a thread whose
+        first image is still being made waits for it (the thread runs one job at a time).
+        """
         if request.turn_id is not None:
             turn = await self._turn(request.turn_id)
             latest = await self.store.latest_turn(turn.thread_id)
-            return turn, latest is not None and latest.id == turn.id
+            target = _Target(turn.thread_id, turn.id, turn.aspect_ratio)
+            return target, latest is not None and latest.id == turn.id
         if request.thread_key is not None:
             thread = await self.store.thread_by_key(request.thread_key)
-            latest = await self.store.latest_turn(thread.id) if thread else None
-            if latest is not None:
-                return latest, True
-            # the thread's first image may still be on its way: edit what it will produce
-            if thread is not None and await self.store.active_job_for_thread(thread.id):
-                raise UnknownTurn(detail="thread has no finished image yet")
+            if thread is not None:
+                latest = await self.store.latest_turn(thread.id)
+                if latest is not None:
+                    return _Target(thread.id, latest.id, latest.aspect_ratio), True
+                pending = await self.store.active_job_for_thread(thread.id)
+                if pending is not None:
+                    return _Target(thread.id, None, pending.aspect_ratio), True
         raise UnknownTurn(detail=f"no turn for {request}")
 
     def _enqueue(self, job: Job, sink: ReplySink, *, admitted: bool = False) -> None:
@@ -443,11 +459,13 @@ class ImagineBot:
             self._live.pop(job.id, None)
 
     async def _resolve_parent(self, job: Job) -> str | None:
+        parent = job.parent_turn_id
         if job.follow_latest:
             latest = await self.store.latest_turn(job.thread_id)
-            if latest is not None:
-                return latest.id
-        return job.parent_turn_id
+            parent = latest.id if latest is not None else parent
+        if parent is None and job.kind is TurnKind.EDIT:
+            raise UnknownTurn(detail="the image this edit waited for was never made")
+        return parent
 
     async def _build_request(self, job: Job) -> tuple[ImageRequest, tuple[str, ...]]:
         references = tuple([await self._image(sha) for sha in job.reference_shas])

@@ -282,3 +282,35 @@ async def test_unfinished_jobs_resume_after_a_restart(db_url: str) -> None:
     assert await store.unfinished_jobs() == []
     await second.shutdown(0)
     await store.close()
+
+
+async def test_a_reply_before_the_first_image_waits_for_it(
+    core: ImagineBot, provider: RecordingProvider
+) -> None:
+    sink = CollectingSink()
+    thread_key = key()
+    gate = provider.hold()
+    await core.imagine(ImagineRequest(thread_key, "alice", "a harbour", "9:16"), sink)
+    await core.edit(EditRequest("alice", "add gulls", thread_key=thread_key), sink)
+    gate.set()
+    await finished(core, sink)
+    first, edit = (d.turn for d in sink.deliveries)
+    assert edit.parent_id == first.id and edit.aspect_ratio == "9:16"
+
+
+async def test_a_reply_whose_first_image_failed_is_told_so(
+    core: ImagineBot, provider: RecordingProvider
+) -> None:
+    sink = CollectingSink()
+    thread_key = key()
+    gate = provider.hold()
+    provider.fail_next(RateLimited(None))
+    await core.imagine(ImagineRequest(thread_key, "alice", "a harbour"), sink)
+    await core.edit(EditRequest("alice", "add gulls", thread_key=thread_key), sink)
+    gate.set()
+    await asyncio.wait_for(core.idle(), 10)
+    assert sink.errors == [
+        "The image provider is rate limiting us. Please try again in a minute.",
+        "I can't find that image any more: it was deleted or is from before my records.",
+    ]
+    assert len(provider.requests) == 1
