@@ -1,0 +1,31 @@
+"""Persistence for the bot: one SQLAlchemy Core implementation of `bot.store.Store`.
+
+SQLite (aiosqlite) is the embedded default; PostgreSQL (asyncpg) serves several replicas.
+Both share one schema, one set of queries and the Alembic migrations in `migrations/`,
+which run every time a store is opened.
+"""
+
+from __future__ import annotations
+
+from storage.sql import SqlStore, alembic_config, create_engine
+from storage.urls import async_url, parse_url, redact_url, sqlite_path
+
+__all__ = ["SqlStore", "alembic_config", "async_url", "open_store", "redact_url"]
+
+
+async def open_store(database_url: str) -> SqlStore:
+    """Open `DATABASE_URL` (`sqlite:///…` or `postgresql://…`), migrated to the latest schema.
+
+    A SQLite file's folder is created if missing. Raises ValueError for an unsupported URL.
+    """
+    url = parse_url(database_url)
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(create_engine(url))
+    try:
+        await store.upgrade()
+    except BaseException:
+        await store.close()
+        raise
+    return store

@@ -1,0 +1,541 @@
+"""`SqlStore`: the one implementation of `bot.store.Store`, over SQLAlchemy Core (async).
+
+The same queries run on SQLite (aiosqlite) and PostgreSQL (asyncpg); the only dialect
+branches are the `INSERT … ON CONFLICT` constructors, how SQLite connections are set up, and
+the in-process write lock SQLite needs because it allows a single writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from bot.models import JSON, Image, Job, JobStatus, Thread, ThreadKey, Turn, TurnKind, Usage, now
+from storage.schema import events, images, jobs, kv, message_links, threads, turns
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+"""How long another process's write may block ours before SQLite gives up."""
+
+_IMMEDIATE = "imagine_sqlite_immediate"
+"""Execution option: start this SQLite transaction with BEGIN IMMEDIATE (it will write)."""
+
+_NO_BEGIN = "imagine_sqlite_single_read"
+"""Execution option: no BEGIN at all. For the one-SELECT reads, which SQLite runs atomically
+anyway; skipping BEGIN saves driver round trips on hot lookups (`turn_for_message`)."""
+
+_MIGRATION_LOCK_KEY = 0x696D6167  # "imag": replicas starting together migrate one at a time
+
+_MAX_DEPTH = 1_000_000
+"""Recursion bound for parent walks, so a corrupted (cyclic) chain cannot loop forever."""
+
+_UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+def alembic_config() -> Config:
+    """Alembic configuration built in code: no alembic.ini to ship or to find at run time."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def create_engine(url: URL) -> AsyncEngine:
+    """An async engine; SQLite connections get WAL, foreign keys and a busy timeout."""
+    if url.get_backend_name() != "sqlite":
+        return create_async_engine(url, pool_pre_ping=True)
+    engine = create_async_engine(url)
+    event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+    event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Stop the driver's implicit BEGIN (it skips DDL and SELECTs); `_sqlite_on_begin` emits
+    # our own, so migrations are transactional and writers can take the lock up front.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, much faster
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # IMMEDIATE takes the write lock at BEGIN, so a writer waits (busy_timeout) instead of
+    # failing when another process wrote between its first read and its first write.
+    options = connection.get_execution_options()
+    if options.get(_NO_BEGIN, False):
+        return
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_IMMEDIATE, False) else "BEGIN")
+
+
+def _upgrade_head(connection: Connection, config: Config) -> None:
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+class SqlStore:
+    """`bot.store.Store` over one async engine. Create it with `storage.open_store`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer per file; queueing our own writers here means they wait
+        # on the event loop, never on "database is locked". PostgreSQL locks rows itself.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        # Every read below is a single SELECT: on SQLite it needs no explicit transaction.
+        self._reader = engine.execution_options(**{_NO_BEGIN: True}) if self.is_sqlite else engine
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def upgrade(self) -> None:
+        """Run the Alembic migrations up to head (idempotent; one process at a time)."""
+        async with self._write() as conn:
+            if not self.is_sqlite:
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+            await conn.run_sync(_upgrade_head, alembic_config())
+
+    # plumbing -------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction, committed on success and rolled back on error."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.connect() as conn:
+            await conn.execution_options(**{_IMMEDIATE: True})
+            async with conn.begin():
+                yield conn
+
+    async def _rows(self, statement: sa.Executable, **params: Any) -> Sequence[Row[Any]]:
+        async with self._reader.connect() as conn:
+            return (await conn.execute(statement, params or None)).all()
+
+    async def _row(self, statement: sa.Executable, **params: Any) -> Row[Any] | None:
+        async with self._reader.connect() as conn:
+            return (await conn.execute(statement, params or None)).first()
+
+    def _insert(self, table: sa.Table) -> sqlite.Insert | postgresql.Insert:
+        """The dialect's INSERT, which knows ON CONFLICT."""
+        return sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
+
+    async def _store_images(self, conn: AsyncConnection, items: Iterable[Image]) -> None:
+        by_sha = {image.sha256: image for image in items}
+        if not by_sha:
+            return
+        # Skip the bytes of images already stored (references are reused a lot); ON CONFLICT
+        # still covers a concurrent writer. Sorted, so concurrent writers lock in one order.
+        present = await conn.execute(
+            sa.select(images.c.sha256).where(images.c.sha256.in_(list(by_sha)))
+        )
+        missing = sorted(set(by_sha) - set(present.scalars()))
+        if not missing:
+            return
+        created_at = now()
+        rows = [
+            {
+                "sha256": sha,
+                "mime": by_sha[sha].mime,
+                "data": by_sha[sha].data,
+                "size": by_sha[sha].size,
+                "created_at": created_at,
+            }
+            for sha in missing
+        ]
+        await conn.execute(self._insert(images).on_conflict_do_nothing(), rows)
+
+    # images ---------------------------------------------------------------------------------
+    async def put_images(self, images: Sequence[Image]) -> None:
+        """Insert images not stored yet (deduplicated by sha256)."""
+        if not images:
+            return
+        async with self._write() as conn:
+            await self._store_images(conn, images)
+
+    async def get_image(self, sha256: str) -> Image | None:
+        row = await self._row(
+            sa.select(images.c.data, images.c.mime).where(images.c.sha256 == sha256)
+        )
+        if row is None:
+            return None
+        return Image(data=bytes(row.data), mime=row.mime, sha256=sha256)
+
+    # threads --------------------------------------------------------------------------------
+    async def create_thread(self, thread: Thread) -> Thread:
+        """Insert a thread; if its key exists already, return the stored one unchanged."""
+        values = {
+            "id": thread.id,
+            "platform": thread.key.platform,
+            "workspace": thread.key.workspace,
+            "channel": thread.key.channel,
+            "thread": thread.key.thread,
+            "created_by": thread.created_by,
+            "title": thread.title,
+            "created_at": thread.created_at,
+            "updated_at": thread.created_at,
+        }
+        async with self._write() as conn:
+            await conn.execute(self._insert(threads).values(values).on_conflict_do_nothing())
+            row = (await conn.execute(_thread_by_key_query(thread.key))).first()
+        if row is None:  # the id was taken by a thread with another key
+            raise ValueError(f"thread id {thread.id!r} already used by another thread key")
+        return _thread(row)
+
+    async def get_thread(self, thread_id: str) -> Thread | None:
+        row = await self._row(sa.select(threads).where(threads.c.id == thread_id))
+        return None if row is None else _thread(row)
+
+    async def thread_by_key(self, key: ThreadKey) -> Thread | None:
+        row = await self._row(_thread_by_key_query(key))
+        return None if row is None else _thread(row)
+
+    async def list_threads(
+        self, platform: str, workspace: str | None = None, limit: int = 20
+    ) -> list[Thread]:
+        """Newest first (by latest activity)."""
+        query = sa.select(threads).where(threads.c.platform == platform)
+        if workspace is not None:
+            query = query.where(threads.c.workspace == workspace)
+        query = query.order_by(threads.c.updated_at.desc(), threads.c.id.desc()).limit(limit)
+        return [_thread(row) for row in await self._rows(query)]
+
+    # jobs -----------------------------------------------------------------------------------
+    async def add_job(self, job: Job, images: Sequence[Image] = ()) -> None:
+        """Record an accepted job and its reference images in one transaction."""
+        async with self._write() as conn:
+            await self._store_images(conn, images)
+            await conn.execute(sa.insert(jobs).values(_job_values(job)))
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._row(sa.select(jobs).where(jobs.c.id == job_id))
+        return None if row is None else _job(row)
+
+    async def mark_job_running(self, job_id: str, parent_turn_id: str | None) -> None:
+        """Status running, started_at set, and the parent actually used (follow_latest)."""
+        await self._update_job(
+            job_id,
+            status=JobStatus.RUNNING.value,
+            started_at=now(),
+            parent_turn_id=parent_turn_id,
+        )
+
+    async def set_job_provider_request(self, job_id: str, request_id: str) -> None:
+        """Store the provider's request id before the first poll (resume after restart)."""
+        await self._update_job(job_id, provider_request_id=request_id)
+
+    async def finish_job(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
+        """Failed or cancelled (success goes through `complete_job`)."""
+        await self._update_job(
+            job_id,
+            status=JobStatus(status).value,
+            error=error,
+            finished_at=now() if JobStatus(status).finished else None,
+        )
+
+    async def complete_job(self, job_id: str, turn: Turn, images: Sequence[Image]) -> None:
+        """One transaction: the result images, the new turn, the job marked done."""
+        if turn.parent_id == turn.id:
+            raise ValueError(f"turn {turn.id!r} cannot be its own parent")
+        async with self._write() as conn:
+            await self._store_images(conn, images)
+            await conn.execute(sa.insert(turns).values(_turn_values(turn)))
+            await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(status=JobStatus.DONE.value, turn_id=turn.id, error=None, finished_at=now())
+            )
+            # Activity orders `list_threads`; never move it backwards (portable GREATEST).
+            await conn.execute(
+                sa.update(threads)
+                .where(threads.c.id == turn.thread_id)
+                .values(
+                    updated_at=sa.case(
+                        (threads.c.updated_at < turn.created_at, turn.created_at),
+                        else_=threads.c.updated_at,
+                    )
+                )
+            )
+
+    async def unfinished_jobs(self) -> list[Job]:
+        """Queued or running jobs, oldest first: what a restart must resume."""
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.status.in_(_UNFINISHED))
+            .order_by(jobs.c.created_at, jobs.c.id)
+        )
+        return [_job(row) for row in await self._rows(query)]
+
+    async def active_job_for_thread(self, thread_id: str) -> Job | None:
+        row = await self._row(
+            sa.select(jobs)
+            .where(jobs.c.thread_id == thread_id, jobs.c.status.in_(_UNFINISHED))
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(1)
+        )
+        return None if row is None else _job(row)
+
+    async def _update_job(self, job_id: str, **values: Any) -> None:
+        async with self._write() as conn:
+            await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    # turns ----------------------------------------------------------------------------------
+    async def get_turn(self, turn_id: str) -> Turn | None:
+        row = await self._row(_GET_TURN, turn_id=turn_id)
+        return None if row is None else _turn(row)
+
+    async def latest_turn(self, thread_id: str) -> Turn | None:
+        """The most recent turn of the thread that is not deleted."""
+        row = await self._row(
+            sa.select(turns)
+            .where(turns.c.thread_id == thread_id, turns.c.deleted.is_(False))
+            .order_by(turns.c.created_at.desc(), turns.c.id.desc())
+            .limit(1)
+        )
+        return None if row is None else _turn(row)
+
+    async def turn_path(self, turn_id: str, limit: int) -> list[Turn]:
+        """The path root → `turn_id` (inclusive), keeping only its last `limit` turns.
+
+        Deleted turns stay on the path: they are still the ancestors the later turns were
+        generated from.
+        """
+        if limit <= 0:
+            return []
+        path = _path_cte(turn_id, max_depth=limit)
+        query = sa.select(turns).join(path, turns.c.id == path.c.id).order_by(path.c.depth.desc())
+        return [_turn(row) for row in await self._rows(query)]
+
+    async def count_path(self, turn_id: str) -> int:
+        """How many turns the full root → `turn_id` path has."""
+        path = _path_cte(turn_id, max_depth=_MAX_DEPTH)
+        row = await self._row(sa.select(sa.func.count()).select_from(path))
+        return 0 if row is None else int(row[0])
+
+    async def mark_turn_deleted(self, turn_id: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(sa.update(turns).where(turns.c.id == turn_id).values(deleted=True))
+
+    # platform messages ----------------------------------------------------------------------
+    async def link_message(self, platform: str, message_id: str, turn_id: str) -> None:
+        """Index a platform message that shows a turn, so a reply to it finds the turn.
+
+        Linking a message again points it at the new turn (a message edited in place).
+        """
+        insert = self._insert(message_links).values(
+            platform=platform, message_id=message_id, turn_id=turn_id, created_at=now()
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=[message_links.c.platform, message_links.c.message_id],
+            set_={"turn_id": insert.excluded.turn_id},
+        )
+        async with self._write() as conn:
+            await conn.execute(statement)
+
+    async def turn_for_message(self, platform: str, message_id: str) -> Turn | None:
+        row = await self._row(_TURN_FOR_MESSAGE, platform=platform, message_id=message_id)
+        return None if row is None else _turn(row)
+
+    async def messages_for_turn(self, platform: str, turn_id: str) -> list[str]:
+        rows = await self._rows(
+            sa.select(message_links.c.message_id)
+            .where(message_links.c.platform == platform, message_links.c.turn_id == turn_id)
+            .order_by(message_links.c.created_at, message_links.c.message_id)
+        )
+        return [row.message_id for row in rows]
+
+    # deduplication --------------------------------------------------------------------------
+    async def claim_event(self, platform: str, event_id: str) -> bool:
+        """True the first time an event id is seen (Slack retries), False afterwards."""
+        statement = (
+            self._insert(events)
+            .values(platform=platform, event_id=event_id, created_at=now())
+            .on_conflict_do_nothing()
+            .returning(events.c.event_id)
+        )
+        async with self._write() as conn:
+            return (await conn.execute(statement)).first() is not None
+
+    # small key/value state ------------------------------------------------------------------
+    async def get_state(self, key: str) -> JSON:
+        row = await self._row(sa.select(kv.c.value).where(kv.c.key == key))
+        return None if row is None else row.value
+
+    async def set_state(self, key: str, value: JSON) -> None:
+        insert = self._insert(kv).values(key=key, value=value)
+        statement = insert.on_conflict_do_update(
+            index_elements=[kv.c.key], set_={"value": insert.excluded.value}
+        )
+        async with self._write() as conn:
+            await conn.execute(statement)
+
+
+# queries and row mapping --------------------------------------------------------------------
+_GET_TURN = sa.select(turns).where(turns.c.id == sa.bindparam("turn_id"))
+
+_TURN_FOR_MESSAGE = (
+    sa.select(turns)
+    .join(message_links, message_links.c.turn_id == turns.c.id)
+    .where(
+        message_links.c.platform == sa.bindparam("platform"),
+        message_links.c.message_id == sa.bindparam("message_id"),
+    )
+)
+"""Primary-key lookup plus one join: the reply-to-image hot path, built once."""
+
+
+def _thread_by_key_query(key: ThreadKey) -> sa.Select[Any]:
+    return sa.select(threads).where(
+        threads.c.platform == key.platform,
+        threads.c.workspace == key.workspace,
+        threads.c.channel == key.channel,
+        threads.c.thread == key.thread,
+    )
+
+
+def _path_cte(turn_id: str, max_depth: int) -> sa.CTE:
+    """`turn_id` and its ancestors with their distance from it (0 = itself), at most
+    `max_depth` rows: a recursive CTE both SQLite and PostgreSQL run."""
+    start = (
+        sa.select(turns.c.id, turns.c.parent_id, sa.literal(0, sa.Integer).label("depth"))
+        .where(turns.c.id == turn_id)
+        .cte("path", recursive=True)
+    )
+    parent = turns.alias("parent")
+    step = sa.select(parent.c.id, parent.c.parent_id, (start.c.depth + 1).label("depth")).where(
+        parent.c.id == start.c.parent_id, start.c.depth < max_depth - 1
+    )
+    return start.union_all(step)
+
+
+def _thread(row: Row[Any]) -> Thread:
+    m = row._mapping
+    return Thread(
+        id=m["id"],
+        key=ThreadKey(
+            platform=m["platform"],
+            workspace=m["workspace"],
+            channel=m["channel"],
+            thread=m["thread"],
+        ),
+        created_by=m["created_by"],
+        title=m["title"],
+        created_at=m["created_at"],
+    )
+
+
+def _turn_values(turn: Turn) -> dict[str, Any]:
+    return {
+        "id": turn.id,
+        "thread_id": turn.thread_id,
+        "parent_id": turn.parent_id,
+        "user_id": turn.user_id,
+        "kind": TurnKind(turn.kind).value,
+        "prompt": turn.prompt,
+        "reference_shas": list(turn.reference_shas),
+        "result_sha": turn.result_sha,
+        "text": turn.text,
+        "aspect_ratio": turn.aspect_ratio,
+        "provider": turn.provider,
+        "model": turn.model,
+        "provider_state": turn.provider_state,
+        "input_tokens": turn.usage.input_tokens,
+        "output_tokens": turn.usage.output_tokens,
+        "total_tokens": turn.usage.total_tokens,
+        "created_at": turn.created_at,
+        "duration_s": turn.duration_s,
+        "deleted": turn.deleted,
+    }
+
+
+def _turn(row: Row[Any]) -> Turn:
+    m = row._mapping
+    return Turn(
+        id=m["id"],
+        thread_id=m["thread_id"],
+        parent_id=m["parent_id"],
+        user_id=m["user_id"],
+        kind=TurnKind(m["kind"]),
+        prompt=m["prompt"],
+        reference_shas=tuple(m["reference_shas"] or ()),
+        result_sha=m["result_sha"],
+        text=m["text"],
+        aspect_ratio=m["aspect_ratio"],
+        provider=m["provider"],
+        model=m["model"],
+        provider_state=m["provider_state"],
+        usage=Usage(
+            input_tokens=m["input_tokens"],
+            output_tokens=m["output_tokens"],
+            total_tokens=m["total_tokens"],
+        ),
+        created_at=m["created_at"],
+        duration_s=m["duration_s"],
+        deleted=bool(m["deleted"]),
+    )
+
+
+def _job_values(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "thread_id": job.thread_id,
+        "user_id": job.user_id,
+        "kind": TurnKind(job.kind).value,
+        "prompt": job.prompt,
+        "reference_shas": list(job.reference_shas),
+        "aspect_ratio": job.aspect_ratio,
+        "parent_turn_id": job.parent_turn_id,
+        "follow_latest": job.follow_latest,
+        "destination": job.destination,
+        "provider": job.provider,
+        "model": job.model,
+        "status": JobStatus(job.status).value,
+        "provider_request_id": job.provider_request_id,
+        "turn_id": job.turn_id,
+        "error": job.error,
+        # 0.0 is the dataclass default: "not stamped by the caller", and order needs a time.
+        "created_at": job.created_at or now(),
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def _job(row: Row[Any]) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        thread_id=m["thread_id"],
+        user_id=m["user_id"],
+        kind=TurnKind(m["kind"]),
+        prompt=m["prompt"],
+        reference_shas=tuple(m["reference_shas"] or ()),
+        aspect_ratio=m["aspect_ratio"],
+        parent_turn_id=m["parent_turn_id"],
+        follow_latest=bool(m["follow_latest"]),
+        destination=m["destination"],
+        provider=m["provider"],
+        model=m["model"],
+        status=JobStatus(m["status"]),
+        provider_request_id=m["provider_request_id"],
+        turn_id=m["turn_id"],
+        error=m["error"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+    )
