@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -34,25 +33,9 @@ from tests.fakes.gemini_server import (
     text_part,
 )
 from tests.fakes.scripted_json_server import Reply, b64, png
+from tests.providers.support import FAST, Sleeps, history_turn, image, within
 
 KEY = "AIza-test-key"
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
-
-T = TypeVar("T")
-
-
-async def within(coro: Coroutine[Any, Any, T], seconds: float = 10.0) -> T:
-    return await asyncio.wait_for(coro, seconds)
-
-
-class Sleeps:
-    """An injected clock: records each wait instead of spending it."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture
@@ -75,19 +58,8 @@ async def provider(server: FakeGemini, sleeps: Sleeps) -> AsyncIterator[GeminiPr
     await p.aclose()
 
 
-def image(data: bytes) -> Image:
-    return Image.of(data, "image/png")
-
-
 def turn(prompt: str, result: ImageResult, refs: tuple[Image, ...] = ()) -> HistoryTurn:
-    return HistoryTurn(
-        prompt=prompt,
-        references=refs,
-        result=result.image,
-        text=result.text,
-        provider="gemini",
-        provider_state=result.provider_state,
-    )
+    return history_turn("gemini", prompt, result, refs)
 
 
 def request(prompt: str = "a fox", **kwargs: Any) -> ImageRequest:

@@ -29,6 +29,7 @@ from bot.providers.base import Provider, ProviderCall
 from bot.providers.gmi import GmiProvider, PollPolicy, poll_schedule
 from bot.providers.http import RetryPolicy
 from tests.fakes.gmi_server import API_KEY, PREFIX, FakeGmi, make_png
+from tests.providers.support import history_turn, within
 
 T = TypeVar("T")
 MODEL = "gemini-2.5-flash-image"
@@ -61,10 +62,6 @@ class VirtualTime:
         self.sleeps.append(seconds)
         self.now += max(0.0, seconds)
         await asyncio.sleep(0)
-
-
-async def within(awaitable: Awaitable[T], seconds: float = 10.0) -> T:
-    return await asyncio.wait_for(awaitable, seconds)
 
 
 @pytest.fixture
@@ -112,14 +109,7 @@ def jpeg(seed: int = 3) -> Image:
 
 
 def turn(prompt: str, result: ImageResult, provider: str = "gmi") -> HistoryTurn:
-    return HistoryTurn(
-        prompt=prompt,
-        references=(),
-        result=result.image,
-        text=result.text,
-        provider=provider,
-        provider_state=result.provider_state,
-    )
+    return history_turn(provider, prompt, result)
 
 
 async def expect(error: type[ImagineError], awaitable: Awaitable[Any]) -> ImagineError:

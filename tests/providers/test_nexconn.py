@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -33,26 +33,10 @@ from tests.fakes.nexconn_server import (
     images_answer,
 )
 from tests.fakes.scripted_json_server import Reply, b64, png
+from tests.providers.support import FAST, Sleeps, history_turn, image, within
 
 KEY = "nx-test-key"
 MODEL = "gemini-2.5-flash-image"
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
-
-T = TypeVar("T")
-
-
-async def within(coro: Coroutine[Any, Any, T], seconds: float = 10.0) -> T:
-    return await asyncio.wait_for(coro, seconds)
-
-
-class Sleeps:
-    """An injected clock: records each wait instead of spending it."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture
@@ -75,19 +59,8 @@ async def provider(server: FakeNexconn, sleeps: Sleeps) -> AsyncIterator[Nexconn
     await p.aclose()
 
 
-def image(data: bytes) -> Image:
-    return Image.of(data, "image/png")
-
-
 def turn(prompt: str, result: ImageResult, refs: tuple[Image, ...] = ()) -> HistoryTurn:
-    return HistoryTurn(
-        prompt=prompt,
-        references=refs,
-        result=result.image,
-        text=result.text,
-        provider="nexconn",
-        provider_state=result.provider_state,
-    )
+    return history_turn("nexconn", prompt, result, refs)
 
 
 def data_url_of(data: bytes) -> str:

@@ -1,0 +1,47 @@
+"""Small helpers the provider tests share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from bot.models import HistoryTurn, Image, ImageResult
+from bot.providers.http import RetryPolicy
+
+T = TypeVar("T")
+
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+"""Retries that cost milliseconds, so a 500 × N test stays instant."""
+
+
+async def within(awaitable: Awaitable[T], seconds: float = 10.0) -> T:
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+class Sleeps:
+    """An injected clock: records each wait instead of spending it."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def image(data: bytes) -> Image:
+    return Image.of(data, "image/png")
+
+
+def history_turn(
+    provider: str, prompt: str, result: ImageResult, refs: tuple[Image, ...] = ()
+) -> HistoryTurn:
+    """A finished turn as the core would hand it back to `provider` on the next request."""
+    return HistoryTurn(
+        prompt=prompt,
+        references=refs,
+        result=result.image,
+        text=result.text,
+        provider=provider,
+        provider_state=result.provider_state,
+    )
