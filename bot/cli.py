@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.config import Settings, SettingsError, load_settings
+from bot.config import Settings, SettingsError, StartupError, load_settings
 from bot.core import ImagineBot
 from bot.logs import setup_logging
 from bot.providers import build_provider
@@ -149,10 +149,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     async with open_core(settings) as core:
-        adapters = _adapters(core, settings)
         started: list[Adapter] = []
         try:
-            for adapter in adapters:
+            # constructing an adapter registers its sink factory, so resumed jobs can deliver
+            for adapter in _adapters(core, settings):
                 await adapter.start()
                 started.append(adapter)
             resumed = await core.resume_unfinished()
@@ -202,9 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "console" and "LOG_LEVEL" not in os.environ and not args.log_level:
         level = "WARNING"  # the terminal is the user interface; keep it readable
     setup_logging(level, settings.log_format, settings.secrets())
-    if args.command == "console":
-        return asyncio.run(console(settings))
-    return asyncio.run(serve(settings))
+    try:
+        if args.command == "console":
+            return asyncio.run(console(settings))
+        return asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"imagine-bot: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

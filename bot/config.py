@@ -18,7 +18,11 @@ from bot.models import ASPECT_RATIOS, DEFAULT_ASPECT_RATIO
 ProviderName = Literal["nexconn", "gmi", "gemini", "demo"]
 
 
-class SettingsError(Exception):
+class StartupError(Exception):
+    """Start-up cannot go on. The message is one line an admin can act on."""
+
+
+class SettingsError(StartupError):
     """One line a person can act on: which variable, what is wrong with it."""
 
 

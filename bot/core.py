@@ -329,6 +329,22 @@ class ImagineBot:
 
     # --- lookups adapters need --------------------------------------------------------------
 
+    def check_admission(self, user_id: str) -> None:
+        """Raise `UserQueueFull`/`ShuttingDown` now, so an adapter can refuse inside its ack."""
+        self.scheduler.check_admission(user_id)
+
+    async def get_turn(self, turn_id: str) -> Turn | None:
+        """A turn that still exists (deleted turns are None)."""
+        turn = await self.store.get_turn(turn_id)
+        return None if turn is None or turn.deleted else turn
+
+    async def get_thread(self, thread_id: str) -> Thread | None:
+        return await self.store.get_thread(thread_id)
+
+    async def messages_for_turn(self, platform: str, turn_id: str) -> list[str]:
+        """Platform messages showing a turn (to remove them when it is deleted)."""
+        return await self.store.messages_for_turn(platform, turn_id)
+
     async def turn_for_message(self, platform: str, message_id: str) -> Turn | None:
         turn = await self.store.turn_for_message(platform, message_id)
         return None if turn is None or turn.deleted else turn

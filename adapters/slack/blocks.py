@@ -1,0 +1,157 @@
+"""Block Kit for the bot's messages and the Edit modal: pure builders, inside Slack's limits.
+
+Each builder returns `(text, blocks)`: `text` is the notification / screen-reader fallback
+Slack asks for alongside blocks. Buttons carry only the action (in `action_id`) and a job or
+turn id (in `value`), so they keep working after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from adapters.slack.convert import (
+    ACTION_CANCEL,
+    ACTION_DELETE,
+    ACTION_EDIT,
+    ACTION_REROLL,
+    EDIT_BLOCK,
+    EDIT_INPUT,
+    EDIT_MODAL,
+    EditTarget,
+)
+from bot.core import Phase, Progress
+from bot.errors import MAX_PROMPT_CHARS
+
+Block = dict[str, Any]
+Message = tuple[str, list[Block]]
+
+SECTION_LIMIT = 3000
+TEXT_LIMIT = 3000
+
+_VERBS = {"imagine": "imagined", "edit": "asked for an edit", "reroll": "rerolled"}
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters, so a prompt can't ping @channel or fake a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def trim(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def header(user: str, kind: str, prompt: str) -> str:
+    """`@ana imagined: a panda making latte art` (mrkdwn, escaped, within a section's limit)."""
+    who = f"<@{user}>" if user else "Someone"
+    return trim(f"{who} {_VERBS.get(kind, kind)}: {escape(prompt)}", SECTION_LIMIT)
+
+
+def _section(text: str) -> Block:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": trim(text, SECTION_LIMIT)}}
+
+
+def _context(*lines: str) -> Block:
+    return {
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": trim(line, TEXT_LIMIT)} for line in lines[:10]],
+    }
+
+
+def _button(label: str, action_id: str, value: str, style: str | None = None) -> Block:
+    button: Block = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": label, "emoji": True},
+        "action_id": action_id,
+        "value": value,
+    }
+    if style:
+        button["style"] = style
+    return button
+
+
+def progress_line(update: Progress) -> str:
+    if update.phase is Phase.QUEUED:
+        where = f" — position {update.position} in line" if update.position else ""
+        return f":hourglass_flowing_sand: Queued{where}"
+    if update.phase is Phase.GENERATING:
+        return f":art: Generating… {int(update.elapsed)} s"
+    return ":outbox_tray: Uploading…"
+
+
+def status_message(head: str, line: str, *, cancel_job: str | None = None) -> Message:
+    """A request with its current status, and Cancel while it is queued or running."""
+    blocks = [_section(head), _context(line)]
+    if cancel_job:
+        blocks.append(
+            {"type": "actions", "elements": [_button("Cancel", ACTION_CANCEL, cancel_job)]}
+        )
+    return trim(f"{head} — {line}", TEXT_LIMIT), blocks
+
+
+def done_message(
+    head: str, turn_id: str, *, duration: float, ratio: str, notes: Sequence[str] = ()
+) -> Message:
+    """The outcome: the image is in the thread; Reroll, Edit and Delete act on this turn."""
+    line = f":white_check_mark: Done in {duration:.1f} s · {ratio} · the image is in the thread"
+    delete = _button("Delete", ACTION_DELETE, turn_id, style="danger")
+    delete["confirm"] = {
+        "title": {"type": "plain_text", "text": "Delete this image?"},
+        "text": {"type": "plain_text", "text": "The image is removed from the thread."},
+        "confirm": {"type": "plain_text", "text": "Delete"},
+        "deny": {"type": "plain_text", "text": "Keep"},
+    }
+    buttons = [
+        _button("Reroll", ACTION_REROLL, turn_id),
+        _button("Edit", ACTION_EDIT, turn_id, style="primary"),
+        delete,
+    ]
+    blocks = [
+        _section(head),
+        _context(line, *[f":information_source: {escape(n)}" for n in notes]),
+        {"type": "actions", "block_id": f"turn:{turn_id}", "elements": buttons},
+    ]
+    return trim(f"{head} — done", TEXT_LIMIT), blocks
+
+
+def failed_message(head: str, user_message: str) -> Message:
+    """The request and the one human sentence that says what went wrong."""
+    line = f":warning: {escape(user_message)}"
+    return trim(f"{head} — {user_message}", TEXT_LIMIT), [_section(head), _context(line)]
+
+
+def deleted_message(user: str) -> Message:
+    text = f":wastebasket: Image deleted by <@{user}>."
+    return text, [_context(text)]
+
+
+def error_text(user_message: str) -> str:
+    """A short error for a thread reply or an ephemeral message."""
+    return trim(f":warning: {user_message}", TEXT_LIMIT)
+
+
+def edit_modal(target: EditTarget, prompt: str) -> dict[str, Any]:
+    """The Edit button's modal; `private_metadata` says which turn and which thread."""
+    return {
+        "type": "modal",
+        "callback_id": EDIT_MODAL,
+        "private_metadata": target.dump(),
+        "title": {"type": "plain_text", "text": "Edit image"},
+        "submit": {"type": "plain_text", "text": "Edit"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            _context(f"Editing: {trim(escape(prompt), 500)}"),
+            {
+                "type": "input",
+                "block_id": EDIT_BLOCK,
+                "label": {"type": "plain_text", "text": "What should change?"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": EDIT_INPUT,
+                    "multiline": True,
+                    "max_length": MAX_PROMPT_CHARS,
+                    "placeholder": {"type": "plain_text", "text": "make the cup blue --ar 16:9"},
+                },
+            },
+        ],
+    }

@@ -1,0 +1,374 @@
+"""Bolt listeners: acknowledge first, then turn Slack requests into core calls.
+
+- `/imagine`: input errors are answered in the ack itself (ephemeral, instant); otherwise
+  the root message is posted *before* `core.imagine`, because its `ts` names the thread.
+- `message` / `app_mention`: a message in a thread the bot owns edits its latest image; a
+  mention elsewhere (or a top-level DM) starts a thread. Each message acts once: Slack's
+  retries share an `event_id`, a mention's `app_mention` + `message` twins share channel+ts,
+  and both are claimed in the store, so this holds across restarts and replicas.
+- Buttons carry the action and a turn (or job) id; everything else comes from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack import blocks
+from adapters.slack.convert import (
+    ACTION_CANCEL,
+    ACTION_DELETE,
+    ACTION_EDIT,
+    ACTION_PREFIX,
+    ACTION_REROLL,
+    EDIT_BLOCK,
+    EDIT_MODAL,
+    FILE_LINK_PREFIX,
+    PLATFORM,
+    Destination,
+    EditTarget,
+    Inbound,
+    Intent,
+    mention_intent,
+    message_intent,
+    modal_instruction,
+    parse_plain_prompt,
+    parse_prompt,
+    team_of,
+)
+from adapters.slack.files import SlackFiles
+from adapters.slack.sink import NowhereSink, SlackSink
+from bot.core import EditRequest, ImagineBot, ImagineRequest, ReplySink
+from bot.errors import ImagineError, InternalError, UnknownTurn
+from bot.models import Job, Thread, ThreadKey, Turn
+
+log = logging.getLogger(__name__)
+
+USAGE = "Usage: `/imagine a panda making latte art --ar 16:9`"
+NOT_IN_CHANNEL = (
+    "I can't post in this conversation. Invite me first (`/invite @imagine-bot`), "
+    "or use `/imagine` in a channel I'm in."
+)
+STARTING = ":hourglass_flowing_sand: Starting…"
+
+
+def workspace(context: AsyncBoltContext, body: dict[str, Any]) -> str:
+    """The installation's workspace (from auth.test), the same for every request, so a thread
+    started by a guest from another org in a shared channel is still found by its key."""
+    result = context.authorize_result
+    return (result.team_id if result is not None else None) or team_of(body, context.team_id)
+
+
+class SlackHandlers:
+    def __init__(
+        self,
+        core: ImagineBot,
+        client: AsyncWebClient,
+        files: SlackFiles,
+        *,
+        command: str = "/imagine",
+        progress_interval: float = 1.0,
+    ) -> None:
+        self.core = core
+        self.client = client
+        self.files = files
+        self.command = command
+        self.progress_interval = progress_interval
+
+    def register(self, app: AsyncApp) -> None:
+        app.command(self.command)(self.on_imagine)
+        app.event("app_mention")(self.on_mention)
+        app.event("message")(self.on_message)
+        app.action(re.compile("^" + re.escape(ACTION_PREFIX)))(self.on_action)
+        app.view(EDIT_MODAL)(self.on_edit_submit)
+
+    def sink_for_job(self, job: Job) -> ReplySink:
+        """`core.register_platform` factory: a resumed job answers where it was asked."""
+        destination = Destination.from_json(job.destination)
+        if destination is None:
+            return NowhereSink()
+        head = blocks.header(job.user_id, job.kind.value, job.prompt)
+        return self._sink(destination, head)
+
+    # --- /imagine ---------------------------------------------------------------------------------
+
+    async def on_imagine(
+        self,
+        ack: AsyncAck,
+        command: dict[str, Any],
+        respond: AsyncRespond,
+        context: AsyncBoltContext,
+    ) -> None:
+        user = str(command.get("user_id") or "")
+        channel = str(command.get("channel_id") or "")
+        try:
+            prompt, ratio = parse_prompt(command.get("text"))
+            self.core.check_admission(user)
+        except ImagineError as error:
+            text = f"{blocks.error_text(error.user_message)}\n{USAGE}"
+            await ack(text=text, response_type="ephemeral")
+            return
+        await ack()
+        team = workspace(context, command)
+        head = blocks.header(user, "imagine", prompt)
+        try:
+            text, content = blocks.status_message(head, STARTING)
+            posted = await self.client.chat_postMessage(channel=channel, text=text, blocks=content)
+        except SlackApiError as exc:
+            code = str(exc.response.get("error") or "")
+            log.warning("posting the /imagine root in %s failed: %s", channel, code)
+            missing = code in ("not_in_channel", "channel_not_found", "is_archived")
+            message = NOT_IN_CHANNEL if missing else InternalError().user_message
+            await self._respond(respond, blocks.error_text(message))
+            return
+        root = str(posted["ts"])
+        destination = Destination(channel, root, root, root, user, team)
+        sink = self._sink(destination, head)
+        request = ImagineRequest(
+            key=ThreadKey(PLATFORM, team, channel, root),
+            user_id=user,
+            prompt=prompt,
+            aspect_ratio=ratio,
+            destination=destination.to_json(),
+        )
+        await self._submit(sink, lambda: self.core.imagine(request, sink))
+
+    # --- messages and mentions --------------------------------------------------------------------
+
+    async def on_message(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        inbound = message_intent(event, workspace(context, body), context.bot_user_id)
+        if inbound is not None:
+            await self._inbound(inbound, body, context.bot_user_id)
+
+    async def on_mention(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        inbound = mention_intent(event, workspace(context, body), context.bot_user_id)
+        if inbound is not None:
+            await self._inbound(inbound, body, context.bot_user_id)
+
+    async def _inbound(self, inbound: Inbound, body: dict[str, Any], bot: str | None) -> None:
+        try:
+            await self._act(inbound, body, bot)
+        except SlackApiError as exc:
+            log.warning("answering %s failed: %s", inbound.dedupe_id, exc.response.get("error"))
+        except Exception:
+            log.exception("handling %s failed", inbound.dedupe_id)
+            await self._reply(inbound.channel, inbound.thread_ts, InternalError())
+
+    async def _act(self, inbound: Inbound, body: dict[str, Any], bot: str | None) -> None:
+        thread: Thread | None = None
+        if inbound.intent is not Intent.NEW:
+            thread = await self.core.thread_by_key(inbound.key)
+            if thread is None and inbound.intent is Intent.REPLY:
+                return  # somebody else's thread: not ours to answer
+        if not await self._claim(body.get("event_id"), inbound.dedupe_id):
+            log.info("ignoring a duplicate delivery of %s", inbound.dedupe_id)
+            return
+        kind = "edit" if thread is not None else "imagine"
+        try:
+            prompt, ratio = parse_prompt(inbound.text, bot)
+            self.core.check_admission(inbound.user)
+            references = await self.files.images(inbound.files)
+        except ImagineError as error:
+            log.info("refused a Slack message: %s", error)
+            await self._reply(inbound.channel, inbound.thread_ts, error)
+            return
+        head = blocks.header(inbound.user, kind, prompt)
+        base = Destination(
+            inbound.channel, inbound.thread_ts, inbound.thread_ts, None, inbound.user, inbound.team
+        )
+        sink = await self._status_sink(base, head)
+        destination = sink.destination.to_json()
+        if thread is not None:
+            edit = EditRequest(
+                user_id=inbound.user,
+                instruction=prompt,
+                thread_key=inbound.key,
+                references=references,
+                aspect_ratio=ratio,
+                destination=destination,
+            )
+            await self._submit(sink, lambda: self.core.edit(edit, sink))
+        else:
+            new = ImagineRequest(
+                key=inbound.key,
+                user_id=inbound.user,
+                prompt=prompt,
+                aspect_ratio=ratio,
+                references=references,
+                destination=destination,
+            )
+            await self._submit(sink, lambda: self.core.imagine(new, sink))
+
+    async def _claim(self, event_id: str | None, message_id: str) -> bool:
+        if event_id and not await self.core.claim_event(PLATFORM, str(event_id)):
+            return False
+        return await self.core.claim_event(PLATFORM, message_id)
+
+    # --- buttons ----------------------------------------------------------------------------------
+
+    async def on_action(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        user = str((body.get("user") or {}).get("id") or "")
+        container = body.get("container") or {}
+        channel = str((body.get("channel") or {}).get("id") or container.get("channel_id") or "")
+        action_id = str(action.get("action_id") or "")
+        value = str(action.get("value") or "")
+        try:
+            if action_id == ACTION_CANCEL:
+                await self.core.cancel(value, user)
+            elif action_id == ACTION_REROLL:
+                await self._reroll(value, user)
+            elif action_id == ACTION_EDIT:
+                await self._open_edit(value, str(body.get("trigger_id") or ""))
+            elif action_id == ACTION_DELETE:
+                await self._delete(value, user)
+        except ImagineError as error:
+            log.info("refused %s by %s: %s", action_id, user, error)
+            await self._ephemeral(channel, user, error, container.get("thread_ts"))
+        except SlackApiError as exc:
+            log.warning("%s failed: %s", action_id, exc.response.get("error"))
+
+    async def _reroll(self, turn_id: str, user: str) -> None:
+        turn, thread = await self._turn_and_thread(turn_id)
+        self.core.check_admission(user)
+        key = thread.key
+        base = Destination(key.channel, key.thread, key.thread, None, user, key.workspace)
+        sink = await self._status_sink(base, blocks.header(user, "reroll", turn.prompt))
+        destination = sink.destination.to_json()
+        await self._submit(sink, lambda: self.core.reroll(turn_id, user, sink, destination))
+
+    async def _open_edit(self, turn_id: str, trigger_id: str) -> None:
+        turn, thread = await self._turn_and_thread(turn_id)
+        target = EditTarget(turn_id, thread.key.channel, thread.key.thread)
+        await self.client.views_open(
+            trigger_id=trigger_id, view=blocks.edit_modal(target, turn.prompt)
+        )
+
+    async def _delete(self, turn_id: str, user: str) -> None:
+        turn = await self.core.delete(turn_id, user)
+        thread = await self.core.get_thread(turn.thread_id)
+        if thread is None:
+            return
+        text, content = blocks.deleted_message(user)
+        for message_id in await self.core.messages_for_turn(PLATFORM, turn_id):
+            try:
+                if message_id.startswith(FILE_LINK_PREFIX):
+                    await self.client.files_delete(file=message_id.removeprefix(FILE_LINK_PREFIX))
+                else:
+                    await self.client.chat_update(
+                        channel=thread.key.channel, ts=message_id, text=text, blocks=content
+                    )
+            except SlackApiError as exc:
+                log.warning("removing %s of turn %s failed: %s", message_id, turn_id, exc)
+
+    async def on_edit_submit(
+        self,
+        ack: AsyncAck,
+        body: dict[str, Any],
+        view: dict[str, Any],
+        context: AsyncBoltContext,
+    ) -> None:
+        user = str((body.get("user") or {}).get("id") or "")
+        target = EditTarget.load(view.get("private_metadata"))
+        try:
+            if target is None:
+                raise UnknownTurn(detail="edit modal without readable private_metadata")
+            instruction, ratio = parse_plain_prompt(modal_instruction(view))
+            self.core.check_admission(user)
+        except ImagineError as error:
+            await ack(
+                response_action="errors",
+                errors={EDIT_BLOCK: blocks.trim(error.user_message, 150)},
+            )
+            return
+        await ack()
+        team = workspace(context, body)
+        base = Destination(target.channel, target.thread_ts, target.thread_ts, None, user, team)
+        try:
+            sink = await self._status_sink(base, blocks.header(user, "edit", instruction))
+        except SlackApiError as exc:
+            log.warning(
+                "could not start an edit in %s: %s", base.channel, exc.response.get("error")
+            )
+            return
+        request = EditRequest(
+            user_id=user,
+            instruction=instruction,
+            turn_id=target.turn_id,
+            aspect_ratio=ratio,
+            destination=sink.destination.to_json(),
+        )
+        await self._submit(sink, lambda: self.core.edit(request, sink))
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _sink(self, destination: Destination, head: str) -> SlackSink:
+        return SlackSink(
+            self.client, self.core, destination, head=head, min_interval=self.progress_interval
+        )
+
+    async def _status_sink(self, base: Destination, head: str) -> SlackSink:
+        """Post the job's status message in the thread; the sink edits it from then on."""
+        text, content = blocks.status_message(head, STARTING)
+        posted = await self.client.chat_postMessage(
+            channel=base.channel, thread_ts=base.thread_ts, text=text, blocks=content
+        )
+        return self._sink(replace(base, status_ts=str(posted["ts"])), head)
+
+    async def _submit(self, sink: SlackSink, start: Callable[[], Awaitable[Job]]) -> None:
+        """Hand the job to the core; a refusal (queue full, unknown turn…) shows in its place."""
+        try:
+            await start()
+        except ImagineError as error:
+            log.info("the core refused a Slack request: %s", error)
+            await sink.fail(None, error)
+        except Exception:
+            log.exception("submitting a Slack request failed")
+            await sink.fail(None, InternalError())
+
+    async def _turn_and_thread(self, turn_id: str) -> tuple[Turn, Thread]:
+        turn = await self.core.get_turn(turn_id)
+        if turn is None:
+            raise UnknownTurn(detail=f"turn {turn_id}")
+        thread = await self.core.get_thread(turn.thread_id)
+        if thread is None or thread.key.platform != PLATFORM:
+            raise UnknownTurn(detail=f"thread of turn {turn_id}")
+        return turn, thread
+
+    async def _reply(self, channel: str, thread_ts: str, error: ImagineError) -> None:
+        try:
+            await self.client.chat_postMessage(
+                channel=channel, thread_ts=thread_ts, text=blocks.error_text(error.user_message)
+            )
+        except SlackApiError as exc:
+            log.warning("could not report an error in %s: %s", channel, exc.response.get("error"))
+
+    async def _ephemeral(
+        self, channel: str, user: str, error: ImagineError, thread_ts: str | None
+    ) -> None:
+        try:
+            await self.client.chat_postEphemeral(
+                channel=channel,
+                user=user,
+                text=blocks.error_text(error.user_message),
+                thread_ts=thread_ts,
+            )
+        except SlackApiError as exc:
+            log.warning("could not tell %s: %s", user, exc.response.get("error"))
+
+    async def _respond(self, respond: AsyncRespond, text: str) -> None:
+        try:
+            await respond(text=text, response_type="ephemeral")
+        except Exception as exc:
+            log.warning("could not answer a command through its response_url: %r", exc)

@@ -1,0 +1,107 @@
+"""`imagine-bot run` as an admin starts it: a real process, configured by environment only."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+from PIL import Image as PILImage
+
+from tests.adapters.slack.conftest import SECRET, command_form, signed
+from tests.fakes.slack_server import FakeSlack
+
+KEYS = ("NEXCONN_API_KEY", "GMI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "IMAGINE_PROVIDER")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    fake = FakeSlack()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+async def wait_until_listening(port: int, process: asyncio.subprocess.Process) -> None:
+    for _ in range(200):
+        if process.returncode is not None:
+            assert process.stderr is not None
+            raise AssertionError(
+                "the bot exited during start-up:\n" + (await process.stderr.read()).decode()
+            )
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise AssertionError("the bot never listened")
+
+
+async def test_run_serves_slack_and_stops_cleanly_on_sigterm(
+    slack: FakeSlack, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in KEYS and not k.startswith(("DISCORD_", "SLACK_"))
+    }
+    env.update(
+        SLACK_BOT_TOKEN=slack.bot_token,
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_API_BASE=slack.api_base,
+        SLACK_HTTP_HOST="127.0.0.1",
+        SLACK_HTTP_PORT=str(port),
+        DATABASE_URL=f"sqlite:///{tmp_path}/bot.db",
+        LOG_LEVEL="INFO",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        env=env,
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_until_listening(port, process)
+        form = {
+            k: v.replace("{base}", slack.base_url)
+            for k, v in command_form("a lighthouse at dusk --ar 16:9").items()
+        }
+        body = urlencode(form)
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **signed(body)}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{port}/slack/events", data=body, headers=headers) as r,
+        ):
+            assert r.status == 200
+        root = await slack.wait_for(lambda: next(iter(slack.roots("C1")), None), timeout=20)
+        uploads = await slack.wait_for(lambda: slack.uploads_in(root.ts) or None, timeout=20)
+        image = PILImage.open(io.BytesIO(uploads[0]))
+        assert image.format == "PNG" and image.size == (1344, 768)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    log = stderr.decode()
+    assert process.returncode == 0, log
+    assert "Traceback" not in log
+    assert slack.bot_token not in log  # secrets never reach the log
