@@ -1,0 +1,155 @@
+"""What the buttons and the Edit modal do. Every handler answers Discord first.
+
+Reroll and Edit look the turn up within a small budget so a deleted image gets an
+ephemeral explanation instead of a modal or a "thinking…" message; Delete and Cancel defer
+at once and do their work after.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+
+from bot.core import EditRequest
+from bot.errors import ImagineError, InternalError, UnknownTurn
+
+from .buttons import instruction_modal
+from .convert import (
+    CANCEL,
+    DELETE,
+    EDIT,
+    EDIT_MODAL,
+    PLATFORM,
+    REROLL,
+    custom_id,
+    error_text,
+    interaction_destination,
+    modal_value,
+)
+from .respond import report, send_error, turn_is_known
+from .runtime import ActionHandler, Runtime
+from .sink import DiscordSink
+
+log = logging.getLogger(__name__)
+
+DELETED_TEXT = "Deleted."
+ALREADY_FINISHED_TEXT = "That image is no longer in progress, so there is nothing to cancel."
+
+
+def _is_moderator(interaction: discord.Interaction[Any]) -> bool:
+    return interaction.guild_id is not None and interaction.permissions.manage_messages
+
+
+async def reroll(runtime: Runtime, interaction: discord.Interaction[Any], turn_id: str) -> None:
+    if not await turn_is_known(runtime, turn_id):
+        await send_error(interaction, UnknownTurn(detail=f"reroll of {turn_id}"))
+        return
+    await interaction.response.defer(thinking=True)
+    destination = interaction_destination(interaction)
+    try:
+        await runtime.core.reroll(
+            turn_id,
+            str(interaction.user.id),
+            DiscordSink(runtime, destination),
+            destination=destination.to_json(),
+        )
+    except Exception as exc:
+        await report(interaction, exc)
+
+
+async def open_edit_modal(
+    runtime: Runtime, interaction: discord.Interaction[Any], turn_id: str
+) -> None:
+    if not await turn_is_known(runtime, turn_id):
+        await send_error(interaction, UnknownTurn(detail=f"edit of {turn_id}"))
+        return
+    modal = instruction_modal(
+        custom_id(EDIT_MODAL, turn_id),
+        title="Edit this image",
+        label="What should change?",
+        placeholder="make the cup blue, add steam, keep everything else",
+    )
+    await interaction.response.send_modal(modal)
+
+
+async def submit_edit(
+    runtime: Runtime, interaction: discord.Interaction[Any], turn_id: str
+) -> None:
+    """The Edit modal's text is handled exactly like a reply to the image."""
+    data: Any = interaction.data or {}
+    instruction = modal_value(data.get("components") or ())
+    await interaction.response.defer(thinking=True)
+    destination = interaction_destination(interaction)
+    try:
+        await runtime.core.edit(
+            EditRequest(
+                user_id=str(interaction.user.id),
+                instruction=instruction,
+                turn_id=turn_id,
+                destination=destination.to_json(),
+            ),
+            DiscordSink(runtime, destination),
+        )
+    except Exception as exc:
+        await report(interaction, exc)
+
+
+async def delete(runtime: Runtime, interaction: discord.Interaction[Any], turn_id: str) -> None:
+    """Only the requester or someone with Manage Messages; the answer is private."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    try:
+        turn = await runtime.core.delete(
+            turn_id, str(interaction.user.id), moderator=_is_moderator(interaction)
+        )
+        shown = set(await runtime.core.messages_for_turn(PLATFORM, turn.id))
+        if interaction.message is not None:
+            shown.add(str(interaction.message.id))
+        channel = runtime.client.get_partial_messageable(interaction.channel_id or 0)
+        for message_id in shown:
+            if not message_id.isdigit():
+                continue
+            try:
+                await channel.get_partial_message(int(message_id)).delete()
+            except discord.NotFound:
+                pass
+            except discord.HTTPException:
+                log.warning("could not delete message %s", message_id, exc_info=True)
+        await interaction.edit_original_response(content=DELETED_TEXT)
+    except Exception as exc:
+        await _answer_privately(interaction, exc)
+
+
+async def cancel(runtime: Runtime, interaction: discord.Interaction[Any], job_id: str) -> None:
+    """The progress message itself turns into "Cancelled."; only refusals get a message."""
+    await interaction.response.defer()
+    try:
+        cancelled = await runtime.core.cancel(
+            job_id, str(interaction.user.id), moderator=_is_moderator(interaction)
+        )
+    except Exception as exc:
+        await report(interaction, exc)
+        return
+    if not cancelled:
+        await interaction.followup.send(ALREADY_FINISHED_TEXT, ephemeral=True)
+
+
+async def _answer_privately(interaction: discord.Interaction[Any], exc: Exception) -> None:
+    """After an ephemeral defer the error simply replaces the private "thinking…"."""
+    error = exc if isinstance(exc, ImagineError) else InternalError(detail=repr(exc))
+    if not isinstance(exc, ImagineError):
+        log.error("interaction %s failed", interaction.id, exc_info=exc)
+    try:
+        await interaction.edit_original_response(content=error_text(error))
+    except discord.HTTPException:
+        log.warning("could not tell the user about %s", error, exc_info=True)
+
+
+ACTIONS: dict[str, ActionHandler] = {
+    REROLL: reroll,
+    EDIT: open_edit_modal,
+    EDIT_MODAL: submit_edit,
+    DELETE: delete,
+    CANCEL: cancel,
+}

@@ -1,0 +1,111 @@
+"""Buttons that survive restarts, and the instruction modal.
+
+Each button is a discord.py `DynamicItem`: its custom id carries the action and the turn
+(or job) id, and `client.add_dynamic_items` at start-up lets any process rebuild it from a
+click. The button only knows its action's name; the handler is looked up in the runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import discord
+
+from .convert import CANCEL, DELETE, EDIT, INSTRUCTION_FIELD, REROLL, custom_id, template
+from .runtime import runtime_of
+
+log = logging.getLogger(__name__)
+
+INSTRUCTION_MAX = 2000
+
+
+class _ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(?!)"):
+    """A button for `action` on `target`; subclasses set the action, label and emoji."""
+
+    action = ""
+    label = ""
+    emoji = ""
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, target: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                style=self.style,
+                label=self.label,
+                emoji=self.emoji,
+                custom_id=custom_id(self.action, target),
+            )
+        )
+        self.target = target
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> _ActionButton:
+        return cls(match["id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await runtime_of(interaction.client).run_action(self.action, interaction, self.target)
+
+
+class RerollButton(_ActionButton, template=template(REROLL)):
+    action, label, emoji = REROLL, "Reroll", "🔄"
+
+
+class EditButton(_ActionButton, template=template(EDIT)):
+    action, label, emoji = EDIT, "Edit", "✏️"
+
+
+class DeleteButton(_ActionButton, template=template(DELETE)):
+    action, label, emoji = DELETE, "Delete", "🗑️"
+    style = discord.ButtonStyle.danger
+
+
+class CancelButton(_ActionButton, template=template(CANCEL)):
+    action, label, emoji = CANCEL, "Cancel", "✖️"
+
+
+DYNAMIC_ITEMS: tuple[type[_ActionButton], ...] = (
+    RerollButton,
+    EditButton,
+    DeleteButton,
+    CancelButton,
+)
+
+
+def turn_view(turn_id: str) -> discord.ui.View:
+    """The buttons under a finished image."""
+    view = discord.ui.View(timeout=None)
+    for button in (RerollButton, EditButton, DeleteButton):
+        view.add_item(button(turn_id))
+    return view
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    """The button under a queued or running job."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def instruction_modal(modal_id: str, title: str, label: str, placeholder: str) -> discord.ui.Modal:
+    """A one-field modal. Its submit is handled by custom id in `on_interaction`, not by
+    this object, so a submit still works when the bot restarted while the modal was open."""
+    modal = discord.ui.Modal(title=title, custom_id=modal_id, timeout=15 * 60)
+    modal.add_item(
+        discord.ui.TextInput(
+            label=label,
+            custom_id=INSTRUCTION_FIELD,
+            style=discord.TextStyle.paragraph,
+            placeholder=placeholder,
+            min_length=1,
+            max_length=INSTRUCTION_MAX,
+        )
+    )
+    return modal

@@ -1,0 +1,314 @@
+"""Pure conversions between Discord's shapes and the core's: ids, destinations, texts.
+
+Nothing here talks to Discord, so every rule (custom id format, token lifetime, message
+limits) is testable with plain values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import discord
+
+from bot.core import Phase, Progress
+from bot.errors import ImagineError
+from bot.models import JSON, Job, ThreadKey, Turn, TurnKind
+
+PLATFORM: Final = "discord"
+
+MESSAGE_LIMIT: Final = 2000
+EMBED_DESCRIPTION_LIMIT: Final = 4096
+EMBED_FIELD_LIMIT: Final = 1024
+EMBED_TOTAL_LIMIT: Final = 6000
+CUSTOM_ID_LIMIT: Final = 100
+
+TOKEN_LIFETIME: Final = 15 * 60.0
+"""Interaction tokens (followups, `@original` edits) work for 15 minutes."""
+TOKEN_MARGIN: Final = 60.0
+"""Stop using a token a minute early: a slow upload must not straddle the expiry."""
+
+SCOPES: Final = ("bot", "applications.commands")
+BOT_PERMISSIONS: Final = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    send_messages_in_threads=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+)
+"""Everything the bot does, nothing more (274878024704). It deletes only its own messages,
+so it needs no Manage Messages; Read Message History lets it reply to messages and read the
+image a user edits with the context menu."""
+
+# --- custom ids -----------------------------------------------------------------------------
+
+PREFIX: Final = "imagine"
+REROLL: Final = "reroll"
+EDIT: Final = "edit"
+DELETE: Final = "delete"
+CANCEL: Final = "cancel"
+EDIT_MODAL: Final = "edit-modal"
+NEW_MODAL: Final = "new-modal"
+INSTRUCTION_FIELD: Final = "instruction"
+
+ID_PATTERN: Final = r"[0-9A-Za-z_-]{1,64}"
+"""Turn and job ids (`bot.models.new_id`: 16 hex digits), with room to spare."""
+
+_CUSTOM_ID = re.compile(rf"{PREFIX}:(?P<action>[a-z-]+):(?P<target>[0-9A-Za-z_:-]{{1,80}})")
+
+
+def custom_id(action: str, target: str) -> str:
+    """`imagine:<action>:<turn, job or channel:message id>`: all a button needs to survive
+    a restart; everything else is looked up."""
+    value = f"{PREFIX}:{action}:{target}"
+    if len(value) > CUSTOM_ID_LIMIT or not _CUSTOM_ID.fullmatch(value):
+        raise ValueError(f"bad custom id {value!r}")
+    return value
+
+
+def template(action: str) -> str:
+    """The `DynamicItem` template for one action; the id is the group `id`."""
+    return rf"{PREFIX}:{re.escape(action)}:(?P<id>{ID_PATTERN})"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedId:
+    action: str
+    target: str
+
+
+def parse_custom_id(value: str) -> ParsedId | None:
+    """The action and target of one of our custom ids; None for anybody else's."""
+    match = _CUSTOM_ID.fullmatch(value or "")
+    if match is None:
+        return None
+    return ParsedId(match["action"], match["target"])
+
+
+def message_target(channel_id: int, message_id: int) -> str:
+    return f"{channel_id}:{message_id}"
+
+
+def parse_message_target(target: str) -> tuple[int, int] | None:
+    channel, _, message = target.partition(":")
+    if not channel.isdigit() or not message.isdigit():
+        return None
+    return int(channel), int(message)
+
+
+# --- where answers go -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where one job's answers go, stored in the job so a restart can still deliver.
+
+    An interaction job (`token` set) edits the interaction's response while the token lives
+    and otherwise posts a channel message mentioning the requester. A reply job posts a
+    reply to `reply_to`.
+    """
+
+    channel_id: int
+    user_id: int
+    guild_id: int | None = None
+    application_id: int | None = None
+    token: str | None = None
+    token_created_at: float | None = None
+    reply_to: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Ids as strings: snowflakes do not survive every JSON reader as numbers."""
+        return {
+            key: (str(value) if isinstance(value, int) else value)
+            for key, value in asdict(self).items()
+            if value is not None
+        }
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Destination:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"destination is not an object: {data!r:.100}")
+
+        def snowflake(key: str, required: bool = False) -> int | None:
+            value = data.get(key)
+            if value is None:
+                if required:
+                    raise ValueError(f"destination lacks {key}")
+                return None
+            if isinstance(value, bool) or not str(value).isdigit():
+                raise ValueError(f"destination {key} is not an id: {value!r:.40}")
+            return int(value)
+
+        created = data.get("token_created_at")
+        token = data.get("token")
+        return cls(
+            channel_id=snowflake("channel_id", True) or 0,
+            user_id=snowflake("user_id", True) or 0,
+            guild_id=snowflake("guild_id"),
+            application_id=snowflake("application_id"),
+            token=str(token) if token else None,
+            token_created_at=float(created) if isinstance(created, int | float) else None,
+            reply_to=snowflake("reply_to"),
+        )
+
+    def token_usable(self, now: float) -> bool:
+        """Whether the interaction token can still edit its response (15 min, minus margin)."""
+        if not self.token or self.application_id is None or self.token_created_at is None:
+            return False
+        return now - self.token_created_at < TOKEN_LIFETIME - TOKEN_MARGIN
+
+
+def thread_key(guild_id: int | None, channel_id: int, anchor_id: int) -> ThreadKey:
+    """A Discord conversation: guild (or `@dm`), channel, the id that started it."""
+    return ThreadKey(
+        PLATFORM, str(guild_id) if guild_id else "@dm", str(channel_id), str(anchor_id)
+    )
+
+
+# --- texts users see ------------------------------------------------------------------------
+
+
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters, cut with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def one_line(text: str, limit: int) -> str:
+    return clip(" ".join(text.split()), limit)
+
+
+_VERBS = {TurnKind.IMAGINE: "Generating", TurnKind.EDIT: "Editing", TurnKind.REROLL: "Rerolling"}
+
+
+def progress_text(update: Progress) -> str:
+    """One short line per phase; the prompt quoted so a busy channel knows which is which."""
+    prompt = one_line(update.job.prompt, 300)
+    if update.phase is Phase.QUEUED:
+        position = f" (position {update.position})" if update.position else ""
+        head = f"⏳ Queued{position}"
+    elif update.phase is Phase.GENERATING:
+        head = f"🎨 {_VERBS.get(update.job.kind, 'Generating')}… {int(update.elapsed)} s"
+    else:
+        head = "📤 Uploading…"
+    return clip(f"{head}\n> {prompt}", MESSAGE_LIMIT)
+
+
+def error_text(error: ImagineError) -> str:
+    """What a user sees of a failure: its sentence, never its `detail`."""
+    return clip(error.user_message, MESSAGE_LIMIT)
+
+
+def failure_text(error: ImagineError, job: Job | None, mention: int | None = None) -> str:
+    """A failed job's message: who (when the token is gone), the sentence, the prompt."""
+    parts = []
+    if mention is not None:
+        parts.append(f"<@{mention}>")
+    parts.append(f"⚠️ {error.user_message}")
+    text = " ".join(parts)
+    if job is not None:
+        text += f"\n> {one_line(job.prompt, 300)}"
+    return clip(text, MESSAGE_LIMIT)
+
+
+def ready_text(user_id: int) -> str:
+    """The mention that goes with an image delivered after the interaction token expired."""
+    return f"<@{user_id}> your image is ready."
+
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def image_filename(turn_id: str, mime: str) -> str:
+    return f"imagine-{turn_id}.{_EXTENSIONS.get(mime, 'png')}"
+
+
+@dataclass(frozen=True, slots=True)
+class Caption:
+    description: str
+    fields: tuple[tuple[str, str], ...]
+
+
+_KIND_LABEL = {TurnKind.IMAGINE: "Prompt", TurnKind.EDIT: "Edit", TurnKind.REROLL: "Reroll"}
+
+
+def caption(turn: Turn, notes: Sequence[str] = ()) -> Caption:
+    """The prompt, model, aspect ratio, time and requester, inside Discord's embed limits
+    (description 4096, field 1024, all together 6000)."""
+    label = _KIND_LABEL.get(turn.kind, "Prompt")
+    description = clip(f"**{label}:** {turn.prompt}", 3000)
+    fields: list[tuple[str, str]] = [
+        ("Model", clip(turn.model, 200)),
+        ("Aspect ratio", turn.aspect_ratio),
+        ("Time", f"{turn.duration_s:.1f} s"),
+        ("Requested by", f"<@{turn.user_id}>" if turn.user_id.isdigit() else "?"),
+    ]
+    if turn.text.strip():
+        fields.append(("The model said", clip(turn.text.strip(), 900)))
+    if notes:
+        fields.append(("Note", clip(" ".join(notes), 900)))
+    return Caption(description, tuple(fields))
+
+
+def caption_embed(turn: Turn, filename: str, notes: Sequence[str] = ()) -> discord.Embed:
+    parts = caption(turn, notes)
+    embed = discord.Embed(description=parts.description, colour=discord.Colour.blurple())
+    for name, value in parts.fields:
+        embed.add_field(name=name, value=value, inline=len(value) < 60)
+    embed.set_image(url=f"attachment://{filename}")
+    return embed
+
+
+def modal_value(components: Sequence[Any], field_id: str = INSTRUCTION_FIELD) -> str:
+    """The text typed into a modal's field, from the submit payload (rows or labels)."""
+    for component in components:
+        if not isinstance(component, Mapping):
+            continue
+        if component.get("type") == 1:
+            found = modal_value(component.get("components") or (), field_id)
+        elif component.get("type") == 18:
+            found = modal_value([component.get("component") or {}], field_id)
+        elif component.get("custom_id") == field_id:
+            found = str(component.get("value") or "")
+        else:
+            continue
+        if found:
+            return found
+    return ""
+
+
+def strip_mention(text: str, user_id: int | None) -> str:
+    """A reply that also @mentions the bot: the mention is not part of the instruction."""
+    if user_id is None:
+        return text.strip()
+    return re.sub(rf"<@!?{user_id}>", " ", text).strip()
+
+
+def invite_url(application_id: int | str) -> str:
+    """The link a server admin opens to add the bot, with exactly the scopes and permissions
+    it uses."""
+    return discord.utils.oauth_url(int(application_id), permissions=BOT_PERMISSIONS, scopes=SCOPES)
+
+
+def interaction_destination(interaction: discord.Interaction[Any]) -> Destination:
+    """Answer through this interaction's token while it lives, else in its channel."""
+    return Destination(
+        channel_id=interaction.channel_id or 0,
+        user_id=interaction.user.id,
+        guild_id=interaction.guild_id,
+        application_id=interaction.application_id,
+        token=interaction.token,
+        token_created_at=interaction.created_at.timestamp(),
+    )
+
+
+def message_destination(message: discord.Message) -> Destination:
+    """Answer a user's message with a reply to it."""
+    return Destination(
+        channel_id=message.channel.id,
+        user_id=message.author.id,
+        guild_id=message.guild.id if message.guild else None,
+        reply_to=message.id,
+    )
