@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from bot.core import Delivery, EditRequest, ImagineBot, ImagineRequest, Phase, Progress
+from bot.core import Delivery, EditRequest, ImagineBot, ImagineRequest, Phase
 from bot.errors import ImagineError, NotAllowed, RateLimited, UnknownTurn
-from bot.models import Image, Job, JobStatus, ThreadKey, new_id
+from bot.models import Image, JobStatus, ThreadKey, new_id
 from bot.scheduler import Limits
 from bot.store import Store
 from storage import open_store
+from tests.fakes.collecting_sink import CollectingSink
 from tests.fakes.recording_provider import RecordingProvider
-
-
-@dataclass
-class CollectingSink:
-    """The adapter port, collecting what a user would see."""
-
-    progress_updates: list[Progress] = field(default_factory=list)
-    deliveries: list[Delivery] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def progress(self, update: Progress) -> None:
-        self.progress_updates.append(update)
-
-    async def deliver(self, delivery: Delivery) -> str | None:
-        self.deliveries.append(delivery)
-        self.done.set()
-        return f"msg-{delivery.turn.id}"
-
-    async def fail(self, job: Job | None, error: ImagineError) -> None:
-        self.errors.append(error.user_message)
-        self.done.set()
 
 
 @pytest.fixture
