@@ -107,6 +107,7 @@ async def open_core(settings: Settings) -> AsyncIterator[ImagineBot]:
             per_user_queued=settings.user_max_queued,
         ),
         history_turns=settings.history_turns,
+        default_aspect_ratio=settings.default_aspect_ratio,
     )
     try:
         await core.start()

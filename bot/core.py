@@ -164,6 +164,7 @@ class ImagineBot:
         model: str,
         limits: Limits = Limits(),
         history_turns: int = DEFAULT_HISTORY_TURNS,
+        default_aspect_ratio: str = DEFAULT_ASPECT_RATIO,
         progress_interval: float = 1.0,
     ) -> None:
         self.store = store
@@ -171,6 +172,7 @@ class ImagineBot:
         self.model = model
         self.scheduler = Scheduler(limits)
         self.history_turns = history_turns
+        self.default_aspect_ratio = default_aspect_ratio
         self.progress_interval = progress_interval
         self._live: dict[str, _Live] = {}
         self._sink_factories: dict[str, SinkFactory] = {}
@@ -228,7 +230,7 @@ class ImagineBot:
 
     async def imagine(self, request: ImagineRequest, sink: ReplySink) -> Job:
         prompt = clean_prompt(request.prompt)
-        ratio = parse_aspect_ratio(request.aspect_ratio) or DEFAULT_ASPECT_RATIO
+        ratio = parse_aspect_ratio(request.aspect_ratio) or self.default_aspect_ratio
         check_reference_count(len(request.references))
         self.scheduler.check_admission(request.user_id)
         thread = await self.store.create_thread(

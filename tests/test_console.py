@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image as PILImage
 
 KEYS = ("NEXCONN_API_KEY", "GMI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "IMAGINE_PROVIDER")
@@ -34,7 +35,9 @@ def saved_paths(stdout: str) -> list[Path]:
     return [Path(line.split()[1]) for line in stdout.splitlines() if line.startswith("✓ ")]
 
 
-def test_scripted_session_then_a_second_run_continues(tmp_path: Path) -> None:
+def test_scripted_session_then_a_second_run_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = run_console(
         tmp_path,
         "/imagine a panda making latte art --ar 16:9\nmake the cup blue\n/quit\n",
@@ -49,6 +52,7 @@ def test_scripted_session_then_a_second_run_continues(tmp_path: Path) -> None:
     assert made[0].read_bytes() != made[1].read_bytes()
     assert (tmp_path / "state" / "bot.db").exists()  # the folder was created
 
+    monkeypatch.setenv("IMAGINE_DEFAULT_ASPECT_RATIO", "3:4")
     second = run_console(tmp_path, "now in watercolor\n/threads\n/new\na red fox\n")
     assert second.returncode == 0, second.stderr
     assert "continuing thread “a panda making latte art”" in second.stdout
@@ -57,7 +61,7 @@ def test_scripted_session_then_a_second_run_continues(tmp_path: Path) -> None:
     with PILImage.open(edited) as image:
         assert image.size == (1344, 768)
     with PILImage.open(fox) as image:
-        assert image.size == (1024, 1024)
+        assert image.size == (864, 1184)  # IMAGINE_DEFAULT_ASPECT_RATIO=3:4
     assert "a panda making latte art" in second.stdout.split("/thread N")[0]
 
 
