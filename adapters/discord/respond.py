@@ -54,10 +54,14 @@ async def report(interaction: discord.Interaction[Any], exc: BaseException) -> N
 
 
 async def turn_is_known(runtime: Runtime, turn_id: str) -> bool:
-    """False only when the store says the turn is gone; a slow store answers True (the
-    core checks again), so the interaction is still answered in time."""
+    """False only when the store says the turn is gone; a slow or failing store answers
+    True (the core checks again and its error is reported), so the interaction is still
+    answered in time — never left to expire because a lookup raised."""
     try:
         turn = await asyncio.wait_for(runtime.core.get_turn(turn_id), LOOKUP_BUDGET)
     except TimeoutError:
+        return True
+    except Exception:
+        log.warning("looking up turn %s failed; letting the core decide", turn_id, exc_info=True)
         return True
     return turn is not None

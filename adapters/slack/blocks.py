@@ -117,7 +117,7 @@ def done_message(
 def failed_message(head: str, user_message: str) -> Message:
     """The request and the one human sentence that says what went wrong."""
     line = f":warning: {escape(user_message)}"
-    return trim(f"{head} — {user_message}", TEXT_LIMIT), [_section(head), _context(line)]
+    return trim(f"{head} — {escape(user_message)}", TEXT_LIMIT), [_section(head), _context(line)]
 
 
 def deleted_message(user: str) -> Message:
@@ -126,8 +126,10 @@ def deleted_message(user: str) -> Message:
 
 
 def error_text(user_message: str) -> str:
-    """A short error for a thread reply or an ephemeral message."""
-    return trim(f":warning: {user_message}", TEXT_LIMIT)
+    """A short error for a thread reply or an ephemeral message. Escaped: a sentence can
+    quote what a user typed (`--ar <!here>`) or what the model said, and Slack would turn
+    `<!here>` in `text` into a real ping."""
+    return trim(f":warning: {escape(user_message)}", TEXT_LIMIT)
 
 
 def edit_modal(target: EditTarget, prompt: str) -> dict[str, Any]:

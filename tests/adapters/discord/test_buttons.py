@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from adapters.discord.actions import ALREADY_FINISHED_TEXT
-from bot.errors import NotAllowed, UnknownTurn
+from adapters.discord.commands import NO_IMAGE_TEXT
+from bot.errors import InternalError, NotAllowed, UnknownTurn
 from bot.models import TurnKind
 from bot.providers.nexconn import NexconnProvider
 from tests.fakes.discord_server import MANAGE_MESSAGES, MEMBER_PERMISSIONS, Call, FakeDiscord, User
@@ -179,6 +182,7 @@ async def test_edit_image_on_a_message_without_a_picture_explains_privately(
     answer = await fake.wait_for(is_callback(menu["token"]), start=await interact(fake, menu))
     assert answer.json["type"] == 4
     assert answer.json["data"]["flags"] == 64
+    assert answer.json["data"]["content"] == NO_IMAGE_TEXT
 
 
 async def test_cancel_after_the_image_is_done_says_so_privately_and_keeps_the_image(
@@ -204,3 +208,27 @@ async def test_cancel_after_the_image_is_done_says_so_privately_and_keeps_the_im
     assert fake.find(is_callback(press["token"]))[0].json == {"type": 6}
     assert int(message["id"]) in fake.messages
     assert not fake.find(lambda c: c.method == "DELETE")
+
+
+async def test_a_failing_store_lookup_still_answers_the_button(
+    bot: RunningBot, fake: FakeDiscord, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload, _ = await imagine(fake, alice, "a fragile vase")
+    message = fake.original_message(payload["token"])
+    assert message is not None
+    await turn_of(bot, message)
+
+    async def broken(turn_id: str) -> None:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(bot.store, "get_turn", broken)
+    press = fake.button(alice, message, custom_ids(message)[0])
+    start = await interact(fake, press)
+    followup = await fake.wait_for(
+        lambda c: c.method == "POST" and c.path == f"/webhooks/{fake.app_id}/{press['token']}",
+        start=start,
+    )
+    assert fake.find(is_callback(press["token"]))[0].json == {"type": 5}
+    assert followup.json["content"] == InternalError().user_message
+    assert followup.json["flags"] == 64
+    assert "database is locked" not in json.dumps(followup.json)

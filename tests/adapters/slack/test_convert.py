@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,10 @@ def test_the_manifest_is_the_whole_slack_side_setup() -> None:
         "messages_tab_enabled: true",
     ]
     assert [item for item in needed if item not in manifest] == []
+
+
+def test_error_sentences_are_escaped_wherever_they_are_posted() -> None:
+    sentence = 'The model answered without an image: "<!channel> <https://evil|click>"'
+    assert "<" not in blocks.error_text(sentence)
+    text, content = blocks.failed_message("head", sentence)
+    assert "<" not in text and "<" not in json.dumps(content)

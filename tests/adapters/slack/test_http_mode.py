@@ -364,3 +364,18 @@ async def test_a_direct_message_starts_an_image_thread(slack: FakeSlack, launch:
     )
     await bot.event(reply, "EvDm2")
     await images_in(slack, dm["ts"], 2)
+
+
+async def test_an_error_quoting_what_the_user_typed_cannot_ping_the_channel(
+    slack: FakeSlack, launch: Launch
+) -> None:
+    bot = await launch()
+    root, _ = await imagine(bot, "a quiet library")
+    # the person typed `--ar <!here>` literally; Slack sends it escaped
+    reply = message_event("louder --ar &lt;!here&gt;", ts="1700000900.000001", thread_ts=root.ts)
+    assert (await bot.event(reply, "EvPing"))[0] == 200
+    error = await slack.wait_for(
+        lambda: next((m for m in slack.replies(root.ts) if "aspect ratio" in m.text), None)
+    )
+    assert "<!here>" not in error.text and "&lt;!here&gt;" in error.text
+    assert bot.provider.calls == 1  # type: ignore[attr-defined]
