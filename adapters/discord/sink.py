@@ -156,10 +156,11 @@ class DiscordSink:
         try:
             return await webhook.edit_message(ORIGINAL, allowed_mentions=_no_pings(), **fields)
         except discord.HTTPException as exc:
-            if exc.status not in _TOKEN_GONE:
-                raise
-            log.info("interaction token refused (HTTP %s); using channel messages", exc.status)
-            self._token_dead = True
+            if exc.status in _TOKEN_GONE:
+                log.info("interaction token refused (HTTP %s); using channel messages", exc.status)
+                self._token_dead = True
+            else:  # Discord had a bad moment: the caller falls back to a channel message
+                log.warning("editing the interaction response failed (HTTP %s)", exc.status)
             return None
 
     async def _show_progress_reply(self, text: str, view: discord.ui.View | None) -> None:

@@ -108,6 +108,9 @@ class FakeDiscord:
         self.allowed_intents = -1
         """Intents the application may use; others get close code 4014, as when Message
         Content is not enabled in the developer portal."""
+        self.failing_original_edits = 0
+        """How many coming edits of an interaction's `@original` are refused with a 400
+        (discord.py retries a 5xx for 25 s before giving up the same way)."""
         self.downloads: list[str] = []
         """Paths of attachment downloads from the fake CDN."""
         self.base_url = ""
@@ -455,6 +458,9 @@ class FakeDiscord:
             self.messages.pop(message_id, None)
             return web.Response(status=204)
         if method == "PATCH":
+            if target == "@original" and self.failing_original_edits > 0:
+                self.failing_original_edits -= 1
+                return _json({"message": "Invalid Form Body", "code": 50035}, 400)
             return _json(self._edit(message_id, call))
         return _json(self.messages[message_id])
 

@@ -143,6 +143,19 @@ async def test_a_provider_failure_is_explained_and_the_next_command_works(
     assert delivered.files[0].data == nexconn.image
 
 
+async def test_when_discord_refuses_the_response_edit_the_image_still_arrives(
+    bot: RunningBot, fake: FakeDiscord, nexconn: TimedNexconn, alice: User
+) -> None:
+    fake.failing_original_edits = 1_000  # every edit of the deferred response fails
+    payload = fake.slash(alice, "a stubborn panda")
+    await fake.dispatch("INTERACTION_CREATE", payload)
+    posted = await fake.wait_for(lambda c: is_channel_post(fake.channel_id)(c) and bool(c.files))
+    assert posted.json["content"] == f"<@{alice.id}> your image is ready."
+    assert posted.files[0].data == nexconn.image
+    turn = await turn_of(bot, posted.answer)
+    assert custom_ids(posted.answer)[0] == f"imagine:reroll:{turn.id}"
+
+
 async def test_bad_attachments_get_their_own_sentence_privately_before_any_download(
     bot: RunningBot, fake: FakeDiscord, nexconn: TimedNexconn, alice: User
 ) -> None:
