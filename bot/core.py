@@ -152,6 +152,8 @@ class _Live:
     shown_position: int | None = None
     cancel_requested: bool = False
     sending: bool = False
+    last_sent: float = float("-inf")
+    """When the last background update went out (monotonic): at most one per interval."""
     """A progress update is in flight: skip ticks rather than pile up slow edits."""
 
 
@@ -579,16 +581,25 @@ class ImagineBot:
         positions = self.scheduler.positions()
         for job_id, position in positions.items():
             live = self._live.get(job_id)
-            if live is None or live.shown_position == position or live.sending:
+            if live is None or live.shown_position == position or not self._may_post(live):
                 continue
             live.shown_position = position
             self._post(live, Progress(live.job, Phase.QUEUED, position=position))
+
+    def _may_post(self, live: _Live) -> bool:
+        """Not while an update is in flight, and not more than once per interval: a queue of
+        a hundred moves every time a job starts, and platforms rate-limit message edits.
+        Skipped positions are caught up by the next tick."""
+        return (
+            not live.sending and time.monotonic() - live.last_sent >= self.progress_interval * 0.95
+        )
 
     def _post(self, live: _Live, update: Progress) -> None:
         """Send a progress update in the background, one at a time per job."""
         if live.sending:
             return
         live.sending = True
+        live.last_sent = time.monotonic()
 
         async def send() -> None:
             try:
@@ -608,5 +619,6 @@ class ImagineBot:
             clock = time.monotonic()
             for live in list(self._live.values()):
                 if live.started is not None and live.job.status == JobStatus.RUNNING:
-                    update = Progress(live.job, Phase.GENERATING, elapsed=clock - live.started)
-                    self._post(live, update)
+                    if self._may_post(live):
+                        elapsed = clock - live.started
+                        self._post(live, Progress(live.job, Phase.GENERATING, elapsed=elapsed))

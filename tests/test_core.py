@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -219,21 +219,35 @@ async def test_cancel_while_queued_and_while_running(
     await core.shutdown(0)
 
 
-async def test_queued_jobs_are_told_their_position(
+async def test_queued_jobs_are_told_their_position_as_it_moves(
     sqlite_store: Store, provider: RecordingProvider
 ) -> None:
-    core = ImagineBot(sqlite_store, provider, model="m", limits=Limits(concurrency=1))
+    core = ImagineBot(
+        sqlite_store, provider, model="m", limits=Limits(concurrency=1), progress_interval=0.05
+    )
+    await core.start()
     gate = provider.hold()
     sinks = [CollectingSink() for _ in range(3)]
-    for i, sink in enumerate(sinks):
+    jobs = [
         await core.imagine(ImagineRequest(key(), f"user{i}", f"prompt {i}"), sink)
-    await asyncio.sleep(0.05)
-    assert [u.position for u in sinks[2].progress_updates if u.phase is Phase.QUEUED] == [2]
+        for i, sink in enumerate(sinks)
+    ]
+
+    def positions(sink: CollectingSink) -> list[int | None]:
+        return [u.position for u in sink.progress_updates if u.phase is Phase.QUEUED]
+
+    async def until(check: Callable[[], bool]) -> None:
+        async with asyncio.timeout(5):
+            while not check():
+                await asyncio.sleep(0.01)
+
+    await until(lambda: positions(sinks[2]) == [2])
+    await core.cancel(jobs[0].id, "user0")  # the queue moves up by one
+    await until(lambda: positions(sinks[2]) == [2, 1])
+    assert positions(sinks[1]) == [1]
     gate.set()
     await asyncio.wait_for(core.idle(), 10)
-    await asyncio.sleep(0.05)
-    assert [u.position for u in sinks[2].progress_updates if u.phase is Phase.QUEUED] == [2, 1]
-    assert all(len(s.deliveries) == 1 for s in sinks)
+    assert [len(s.deliveries) for s in sinks] == [0, 1, 1]
     await core.shutdown(0)
 
 
