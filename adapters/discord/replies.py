@@ -9,12 +9,14 @@ who wrote the referenced message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
 
 from bot.core import EditRequest
 from bot.errors import ImagineError, InternalError, UnknownTurn
+from bot.models import Turn
 
 from . import attachments
 from .convert import PLATFORM, error_text, message_destination, strip_mention
@@ -22,6 +24,9 @@ from .runtime import AttachmentRef, Runtime
 from .sink import DiscordSink
 
 log = logging.getLogger(__name__)
+
+INDEX_GRACE = 0.5
+"""Seconds to wait before looking a just-posted image message up again."""
 
 
 def _referenced_id(message: discord.Message) -> int | None:
@@ -46,7 +51,7 @@ async def on_message(runtime: Runtime, message: discord.Message) -> None:
     bot_id = runtime.bot_user_id
     if target is None or _written_by_someone_else(message, bot_id):
         return
-    turn = await runtime.core.turn_for_message(PLATFORM, str(target))
+    turn = await _turn_of(runtime, message, target)
     if turn is None:
         resolved = message.reference.resolved if message.reference else None
         if isinstance(resolved, discord.Message) and resolved.attachments:
@@ -74,6 +79,18 @@ async def on_message(runtime: Runtime, message: discord.Message) -> None:
     except Exception as exc:
         log.exception("reply %s failed", message.id)
         await _reply(message, error_text(InternalError(detail=repr(exc))))
+
+
+async def _turn_of(runtime: Runtime, message: discord.Message, target: int) -> Turn | None:
+    """The turn a replied-to message shows. Our image message is indexed just after Discord
+    confirms the post, so a reply racing that confirmation gets a short second look."""
+    turn = await runtime.core.turn_for_message(PLATFORM, str(target))
+    resolved = message.reference.resolved if message.reference else None
+    ours = isinstance(resolved, discord.Message) and resolved.author.id == runtime.bot_user_id
+    if turn is None and ours:
+        await asyncio.sleep(INDEX_GRACE)
+        turn = await runtime.core.turn_for_message(PLATFORM, str(target))
+    return turn
 
 
 async def _reply(message: discord.Message, text: str) -> None:
