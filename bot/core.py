@@ -618,7 +618,7 @@ class ImagineBot:
             self._push_positions()
             clock = time.monotonic()
             for live in list(self._live.values()):
-                if live.started is not None and live.job.status == JobStatus.RUNNING:
-                    if self._may_post(live):
-                        elapsed = clock - live.started
-                        self._post(live, Progress(live.job, Phase.GENERATING, elapsed=elapsed))
+                running = live.started is not None and live.job.status == JobStatus.RUNNING
+                if running and live.started is not None and self._may_post(live):
+                    elapsed = clock - live.started
+                    self._post(live, Progress(live.job, Phase.GENERATING, elapsed=elapsed))

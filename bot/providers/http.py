@@ -9,8 +9,6 @@ answer may be, and how base64 images are decoded without blocking the event loop
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import random
@@ -31,13 +29,13 @@ from bot.errors import (
     RateLimited,
 )
 from bot.models import Image, now
+from bot.providers import offload
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 48 * 1024 * 1024
 """Largest provider answer we read: a few 1K PNGs in base64 fit many times over."""
 
-_OFF_LOOP_BYTES = 256 * 1024
 
 ErrorMapper = Callable[[httpx.Response, Any], ImagineError]
 """Turns a non-retryable error answer (status, parsed body or None) into a user error."""
@@ -118,13 +116,14 @@ def default_error(response: httpx.Response, body: Any) -> ImagineError:
 
 
 async def parse_json(raw: bytes) -> Any:
-    """Parse a provider answer; large bodies (base64 images) are parsed off the loop."""
-    try:
-        if len(raw) > _OFF_LOOP_BYTES:
-            return await asyncio.to_thread(json.loads, raw)
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidProviderResponse(detail=f"malformed JSON: {exc}") from exc
+    """Parse a provider answer; large bodies (base64 images) in a worker process."""
+    if len(raw) < offload.LARGE:
+        ok, value = offload.parse_json(raw)
+    else:
+        ok, value = await offload.run(offload.parse_json, raw)
+    if not ok:
+        raise InvalidProviderResponse(detail=value)
+    return value
 
 
 async def read_limited(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> bytes:
@@ -222,36 +221,29 @@ def sniff_mime(data: bytes) -> str | None:
     return None
 
 
-def _decode_image(data: str) -> Image:
-    payload = data.split(",", 1)[1] if data.startswith("data:") else data
-    try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidProviderResponse(detail=f"invalid base64 image: {exc}") from exc
-    mime = sniff_mime(raw)
-    if mime is None:
-        raise InvalidProviderResponse(detail=f"decoded {len(raw)} bytes are not an image")
-    return Image.of(raw, mime)
-
-
 async def decode_image(data: str) -> Image:
-    """Base64 (or a data URL) → Image, validated by its magic bytes, off the event loop."""
+    """Base64 (or a data URL) → Image, validated by its magic bytes, never on the loop's GIL
+    when large (see `offload`)."""
     if not isinstance(data, str) or not data:
         raise InvalidProviderResponse(detail="image field is empty or not a string")
-    if len(data) < _OFF_LOOP_BYTES:
-        return _decode_image(data)
-    return await asyncio.to_thread(_decode_image, data)
-
-
-def _encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    if len(data) < offload.LARGE:
+        ok, value = offload.decode_base64(data)
+    else:
+        ok, value = await offload.run(offload.decode_base64, data)
+    if not ok:
+        raise InvalidProviderResponse(detail=value)
+    raw, sha256 = value
+    mime = sniff_mime(raw[:64])
+    if mime is None:
+        raise InvalidProviderResponse(detail=f"decoded {len(raw)} bytes are not an image")
+    return Image(data=raw, mime=mime, sha256=sha256)
 
 
 async def b64encode(image: Image) -> str:
-    """Base64 of an image, off the event loop when it is large."""
-    if image.size < _OFF_LOOP_BYTES:
-        return _encode(image.data)
-    return await asyncio.to_thread(_encode, image.data)
+    """Base64 of an image (history sent back to stateless providers), large ones in a worker."""
+    if image.size < offload.LARGE:
+        return offload.encode_base64(image.data)
+    return await offload.run(offload.encode_base64, image.data)
 
 
 async def data_url(image: Image) -> str:

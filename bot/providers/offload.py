@@ -1,0 +1,106 @@
+"""CPU-bound decoding of large provider answers, off the event loop *and* off its GIL.
+
+`json.loads` of a 2 MB answer and `base64.b64decode` of the image inside it hold the GIL
+for 10–30 ms each, so moving them to a thread does not help: with 16 answers landing at
+once the loop stalled for 335 ms in the benchmark (BENCHMARKS.md), long enough to delay
+Discord heartbeats and 3 s deadlines. Above `LARGE` bytes they run in a small pool of worker
+processes instead; the loop only pays for copying the result back (well under a
+millisecond). If processes cannot be started, a thread is the fallback.
+
+The worker functions return `(True, value)` or `(False, reason)` rather than raising: our
+error types take keyword-only arguments and do not survive pickling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+LARGE = 256 * 1024
+"""Bodies and base64 strings from this size on are decoded in a worker process."""
+
+T = TypeVar("T")
+Outcome = tuple[bool, Any]
+
+_pool: ProcessPoolExecutor | None = None
+_disabled = False
+
+
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _get_pool() -> ProcessPoolExecutor | None:
+    global _pool, _disabled
+    if _pool is None and not _disabled:
+        try:
+            # forkserver: never fork the bot itself (its threads hold locks); workers import
+            # only this module's dependencies
+            context = multiprocessing.get_context("forkserver")
+            _pool = ProcessPoolExecutor(max_workers=_workers(), mp_context=context)
+        except (OSError, ValueError, NotImplementedError) as exc:
+            log.warning("no worker processes (%s); decoding large answers in threads", exc)
+            _disabled = True
+    return _pool
+
+
+def shutdown() -> None:
+    """Stop the workers (at exit, and in tests that want a clean slate)."""
+    global _pool
+    if _pool is not None:
+        _pool.shutdown(wait=False, cancel_futures=True)
+        _pool = None
+
+
+atexit.register(shutdown)
+
+
+async def run(fn: Callable[..., T], *args: Any) -> T:
+    """Run a picklable function in a worker process, or in a thread if there is none."""
+    global _disabled
+    pool = _get_pool()
+    if pool is not None:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except (BrokenProcessPool, OSError) as exc:
+            log.warning("worker processes failed (%s); decoding in threads from now on", exc)
+            shutdown()
+            _disabled = True
+    return await asyncio.to_thread(fn, *args)
+
+
+# --- worker functions (module level, so they pickle by name) -------------------------------
+
+
+def parse_json(raw: bytes) -> Outcome:
+    try:
+        return True, json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return False, f"malformed JSON: {exc}"
+
+
+def decode_base64(data: str) -> Outcome:
+    """Base64 or a data URL → `(bytes, sha256)`; the hash is taken here, where it is free."""
+    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        return False, f"invalid base64 image: {exc}"
+    return True, (raw, hashlib.sha256(raw).hexdigest())
+
+
+def encode_base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
