@@ -306,3 +306,42 @@ async def test_a_reply_whose_first_image_failed_is_told_so(
         "I can't find that image any more: it was deleted or is from before my records.",
     ]
     assert len(provider.requests) == 1
+
+
+async def test_progress_is_rate_limited_and_the_front_of_the_queue_goes_first(
+    sqlite_store: Store, provider: RecordingProvider
+) -> None:
+    core = ImagineBot(
+        sqlite_store,
+        provider,
+        model="m",
+        limits=Limits(concurrency=1, per_user_queued=50),
+        progress_interval=0.2,
+        progress_rate=20,  # 4 updates per 0.2 s interval, 1 per slice
+    )
+    await core.start()
+    gate = provider.hold()
+    sinks = [CollectingSink() for _ in range(31)]
+    jobs = [
+        await core.imagine(ImagineRequest(key(), f"user{i}", f"prompt {i}"), sink)
+        for i, sink in enumerate(sinks)
+    ]
+    await asyncio.wait_for(provider.entered.wait(), 5)
+    await asyncio.sleep(0.3)  # every queued job has been told its first place
+    assert all(len(s.progress_updates) == 1 for s in sinks[1:])
+    moved_at = len([u for s in sinks for u in s.progress_updates])
+
+    await core.cancel(jobs[0].id, "user0")  # thirty queue positions change at once
+    await asyncio.sleep(0.35)
+    moves = [
+        (u.position, i)
+        for i, s in enumerate(sinks)
+        for u in s.progress_updates[1:]
+        if u.phase is Phase.QUEUED
+    ]
+    total = len([u for s in sinks for u in s.progress_updates]) - moved_at
+    assert 1 <= total <= 0.35 / 0.02 + 2  # one per 20 ms slice at most, not thirty at once
+    assert min(moves) == (1, 2)  # the new front of the queue was among those told
+    gate.set()
+    await asyncio.wait_for(core.idle(), 20)
+    await core.shutdown(0)

@@ -1,0 +1,1 @@
+"""Benchmarks for imagine-bot (not tests): `python -m bench`, see BENCHMARKS.md."""
