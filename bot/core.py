@@ -310,6 +310,39 @@ class ImagineBot:
         self._enqueue(job, sink)
         return job
 
+    async def retry(
+        self, job_id: str, user_id: str, sink: ReplySink, destination: JSON = None
+    ) -> Job:
+        """Run a failed (or cancelled) request again, as a new job, for whoever asks.
+
+        Adapters offer it where `ImagineError.retryable` says trying again can help (rate
+        limits, provider outages, timeouts, unreadable answers).
+        """
+        failed = await self.store.get_job(job_id)
+        if failed is None or failed.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise UnknownTurn(detail=f"job {job_id} is not a failed job")
+        if failed.parent_turn_id is not None:
+            await self._turn(failed.parent_turn_id)  # the image it edited must still exist
+        self.scheduler.check_admission(user_id)
+        job = replace(
+            failed,
+            id=new_id(),
+            user_id=user_id,
+            destination=destination,
+            provider=self.provider.name,
+            model=self.model,
+            status=JobStatus.QUEUED,
+            provider_request_id=None,
+            turn_id=None,
+            error=None,
+            created_at=now(),
+            started_at=None,
+            finished_at=None,
+        )
+        await self.store.add_job(job)
+        self._enqueue(job, sink)
+        return job
+
     async def delete(self, turn_id: str, user_id: str, *, moderator: bool = False) -> Turn:
         """Hide a turn (requester or moderator only); the adapter removes its messages."""
         turn = await self._turn(turn_id)

@@ -345,3 +345,29 @@ async def test_progress_is_rate_limited_and_the_front_of_the_queue_goes_first(
     gate.set()
     await asyncio.wait_for(core.idle(), 20)
     await core.shutdown(0)
+
+
+async def test_a_failed_job_can_be_retried(
+    core: ImagineBot, provider: RecordingProvider, sqlite_store: Store
+) -> None:
+    sink = CollectingSink()
+    await core.imagine(ImagineRequest(key(), "alice", "a kite", "4:5"), sink)
+    first = (await finished(core, sink)).turn
+    provider.fail_next(RateLimited(None))
+    failed = await core.edit(EditRequest("alice", "add a tail", turn_id=first.id), sink)
+    await asyncio.wait_for(core.idle(), 10)
+    assert sink.errors == ["The image provider is rate limiting us. Please try again in a minute."]
+
+    retried = CollectingSink()
+    again = await core.retry(failed.id, "bob", retried)
+    turn = (await finished(core, retried)).turn
+    assert (turn.prompt, turn.parent_id, turn.aspect_ratio, turn.user_id) == (
+        "add a tail",
+        first.id,
+        "4:5",
+        "bob",
+    )
+    assert again.id != failed.id
+    assert [h.prompt for h in provider.requests[-1].history] == ["a kite"]
+    with pytest.raises(UnknownTurn):
+        await core.retry(again.id, "bob", retried)  # it succeeded: nothing to retry
