@@ -110,6 +110,8 @@ async def submit_image_modal(
     await interaction.response.defer(thinking=True)
     try:
         refs = runtime.targets.get(str(data.get("custom_id"))) or await _refetch(runtime, target)
+        if not refs:  # the message was deleted or lost its pictures since the menu opened
+            raise ImagineError(NO_IMAGE_TEXT, detail=f"no image left on {target}")
         attachments.check(refs)
         images = await attachments.download(runtime.http(), refs)
         destination = interaction_destination(interaction)
@@ -131,7 +133,11 @@ async def _refetch(runtime: Runtime, target: str) -> tuple[AttachmentRef, ...]:
     if parsed is None:
         return ()
     channel_id, message_id = parsed
-    message = await runtime.client.get_partial_messageable(channel_id).fetch_message(message_id)
+    channel = runtime.client.get_partial_messageable(channel_id)
+    try:
+        message = await channel.fetch_message(message_id)
+    except discord.NotFound:
+        return ()
     refs = (AttachmentRef.of(a) for a in message.attachments)
     return tuple(ref for ref in refs if attachments.looks_like_image(ref))[:MAX_REFERENCE_IMAGES]
 

@@ -185,6 +185,37 @@ async def test_edit_image_on_a_message_without_a_picture_explains_privately(
     assert answer.json["data"]["content"] == NO_IMAGE_TEXT
 
 
+async def test_edit_image_submitted_after_a_restart_on_a_deleted_picture_explains(
+    fake: FakeDiscord, db_url: str, provider: NexconnProvider, nexconn: TimedNexconn, alice: User
+) -> None:
+    target = fake.user_message(
+        fake.user("bob"), "my cat", attachments=[fake.attachment("cat.png", png(), "image/png")]
+    )
+    first = await run_bot(fake, db_url, provider)
+    try:
+        menu = fake.context_menu(alice, target)
+        await fake.wait_for(is_callback(menu["token"]), start=await interact(fake, menu))
+        [modal] = fake.find(is_callback(menu["token"]))
+        modal_id = modal.json["data"]["custom_id"]
+    finally:
+        await first.stop()
+    fake.messages.pop(int(target["id"]), None)  # bob deleted his picture meanwhile
+
+    second = await run_bot(fake, db_url, provider)
+    try:
+        submit = fake.modal_submit(alice, modal_id, {"instruction": "as a watercolor"}, None)
+        start = await interact(fake, submit)
+        token = submit["token"]
+        answer = await fake.wait_for(
+            lambda c: c.method == "POST" and c.path == f"/webhooks/{fake.app_id}/{token}",
+            start=start,
+        )
+        assert answer.json["content"] == NO_IMAGE_TEXT
+        assert nexconn.requests == []  # no image was made from the text alone
+    finally:
+        await second.stop()
+
+
 async def test_cancel_after_the_image_is_done_says_so_privately_and_keeps_the_image(
     bot: RunningBot, fake: FakeDiscord, alice: User
 ) -> None:
