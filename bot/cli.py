@@ -155,8 +155,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         try:
             # constructing an adapter registers its sink factory, so resumed jobs can deliver
             for adapter in _adapters(core, settings):
+                started.append(adapter)  # closed below even if its start fails half-way
                 await adapter.start()
-                started.append(adapter)
             resumed = await core.resume_unfinished()
             if resumed:
                 log.info("resumed %d unfinished job(s)", resumed)

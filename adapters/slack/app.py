@@ -139,19 +139,26 @@ class SlackAdapter:
     async def _connect_socket_mode(self) -> None:
         handler = AsyncSocketModeHandler(self.app, self.app_token, web_client=self.client)
         try:
-            # asked here, not inside the SDK's connect loop, which would retry a bad token forever
-            opened = await self.client.apps_connections_open(app_token=self.app_token)
-        except SlackApiError as exc:
+            try:
+                # asked here, not inside the SDK's connect loop, which retries a bad token forever
+                opened = await self.client.apps_connections_open(app_token=self.app_token)
+            except SlackApiError as exc:
+                reason = exc.response.get("error")
+                raise SlackStartError(f"SLACK_APP_TOKEN was refused by Slack ({reason})") from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise SlackStartError(
+                    f"Slack Socket Mode: cannot open a connection ({type(exc).__name__})"
+                ) from None
+            handler.client.wss_uri = str(opened["url"])
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await handler.connect_async()
+            except TimeoutError:
+                message = "Slack Socket Mode: could not connect the websocket"
+                raise SlackStartError(message) from None
+        except BaseException:  # refused, unreachable or cancelled: leave no session open
             await handler.close_async()
-            reason = exc.response.get("error")
-            raise SlackStartError(f"SLACK_APP_TOKEN was refused by Slack ({reason})") from None
-        handler.client.wss_uri = str(opened["url"])
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await handler.connect_async()
-        except TimeoutError:
-            await handler.close_async()
-            raise SlackStartError("Slack Socket Mode: could not connect the websocket") from None
+            raise
         self._socket = handler
 
     async def _listen(self) -> None:
