@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from bot.errors import (
+    BadApiKey,
     Cancelled,
     ImagineError,
     InternalError,
@@ -500,7 +501,14 @@ class ImagineBot:
                     await asyncio.shield(self._finish_cancelled(live))
                 raise
             except ImagineError as error:
-                log.warning("job %s failed: %s", job.id, error)
+                if isinstance(error, BadApiKey):  # users were told an admin must act: tell them
+                    log.error(
+                        "the %s provider refused the API key; check its *_API_KEY setting (%s)",
+                        job.provider,
+                        error.detail,
+                    )
+                else:
+                    log.warning("job %s failed: %s", job.id, error)
                 await self.store.finish_job(job.id, JobStatus.FAILED, f"{error.code}: {error}")
                 await self._safe_fail(live.sink, job, error)
                 return

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from bot.core import Delivery, EditRequest, ImagineBot, ImagineRequest, Phase
-from bot.errors import ImagineError, NotAllowed, RateLimited, UnknownTurn
+from bot.errors import BadApiKey, ImagineError, NotAllowed, RateLimited, UnknownTurn
 from bot.models import Image, JobStatus, ThreadKey, new_id
 from bot.scheduler import Limits
 from bot.store import Store
@@ -371,3 +371,19 @@ async def test_a_failed_job_can_be_retried(
     assert [h.prompt for h in provider.requests[-1].history] == ["a kite"]
     with pytest.raises(UnknownTurn):
         await core.retry(again.id, "bob", retried)  # it succeeded: nothing to retry
+
+
+async def test_a_refused_key_tells_the_user_an_admin_acts_and_the_log_says_what(
+    core: ImagineBot, provider: RecordingProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = CollectingSink()
+    provider.fail_next(BadApiKey(detail="HTTP 401 from /v1/images/generations: invalid key"))
+    await core.imagine(ImagineRequest(key(), "alice", "a moon"), sink)
+    await asyncio.wait_for(core.idle(), 10)
+    assert sink.errors == [
+        "The bot isn't set up correctly for its image provider. "
+        "An admin has been told to check the logs."
+    ]
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "refused the API key" in record.getMessage()
+    assert "HTTP 401" in record.getMessage()
