@@ -381,6 +381,9 @@ class ImagineBot:
         turn = await self.store.get_turn(turn_id)
         return None if turn is None or turn.deleted else turn
 
+    async def get_job(self, job_id: str) -> Job | None:
+        return await self.store.get_job(job_id)
+
     async def get_thread(self, thread_id: str) -> Thread | None:
         return await self.store.get_thread(thread_id)
 

@@ -1,19 +1,21 @@
 """What the buttons and the Edit modal do. Every handler answers Discord first.
 
 Reroll and Edit look the turn up within a small budget so a deleted image gets an
-ephemeral explanation instead of a modal or a "thinking…" message; Delete and Cancel defer
-at once and do their work after.
+ephemeral explanation instead of a modal or a "thinking…" message; Delete, Cancel and
+Retry defer at once and do their work after (the core says whether a job can be retried).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
 
 from bot.core import EditRequest
 from bot.errors import ImagineError, InternalError, UnknownTurn
+from bot.models import JSON, Job
 
 from .buttons import instruction_modal
 from .convert import (
@@ -23,6 +25,7 @@ from .convert import (
     EDIT_MODAL,
     PLATFORM,
     REROLL,
+    RETRY,
     custom_id,
     error_text,
     interaction_destination,
@@ -42,21 +45,45 @@ def _is_moderator(interaction: discord.Interaction[Any]) -> bool:
     return interaction.guild_id is not None and interaction.permissions.manage_messages
 
 
+StartJob = Callable[[DiscordSink, JSON], Awaitable[Job]]
+"""Hands a new job to the core, given the sink and the stored destination it answers to."""
+
+
+async def start_job(
+    runtime: Runtime, interaction: discord.Interaction[Any], start: StartJob
+) -> None:
+    """A button or modal that makes a new image: "thinking…" at once, the image later as
+    this interaction's response (or a channel message once its token expired)."""
+    await interaction.response.defer(thinking=True)
+    destination = interaction_destination(interaction)
+    try:
+        await start(DiscordSink(runtime, destination), destination.to_json())
+    except Exception as exc:
+        await report(interaction, exc)
+
+
 async def reroll(runtime: Runtime, interaction: discord.Interaction[Any], turn_id: str) -> None:
     if not await turn_is_known(runtime, turn_id):
         await send_error(interaction, UnknownTurn(detail=f"reroll of {turn_id}"))
         return
-    await interaction.response.defer(thinking=True)
-    destination = interaction_destination(interaction)
-    try:
-        await runtime.core.reroll(
-            turn_id,
-            str(interaction.user.id),
-            DiscordSink(runtime, destination),
-            destination=destination.to_json(),
-        )
-    except Exception as exc:
-        await report(interaction, exc)
+    user = str(interaction.user.id)
+    await start_job(
+        runtime,
+        interaction,
+        lambda sink, destination: runtime.core.reroll(turn_id, user, sink, destination=destination),
+    )
+
+
+async def retry(runtime: Runtime, interaction: discord.Interaction[Any], job_id: str) -> None:
+    """A failed job again, as a new job of whoever clicks; it lands where a Reroll would.
+    A job that can't be retried (its image deleted meanwhile) or a full queue is answered
+    privately."""
+    user = str(interaction.user.id)
+    await start_job(
+        runtime,
+        interaction,
+        lambda sink, destination: runtime.core.retry(job_id, user, sink, destination=destination),
+    )
 
 
 async def open_edit_modal(
@@ -80,20 +107,17 @@ async def submit_edit(
     """The Edit modal's text is handled exactly like a reply to the image."""
     data: Any = interaction.data or {}
     instruction = modal_value(data.get("components") or ())
-    await interaction.response.defer(thinking=True)
-    destination = interaction_destination(interaction)
-    try:
-        await runtime.core.edit(
+    user = str(interaction.user.id)
+    await start_job(
+        runtime,
+        interaction,
+        lambda sink, destination: runtime.core.edit(
             EditRequest(
-                user_id=str(interaction.user.id),
-                instruction=instruction,
-                turn_id=turn_id,
-                destination=destination.to_json(),
+                user_id=user, instruction=instruction, turn_id=turn_id, destination=destination
             ),
-            DiscordSink(runtime, destination),
-        )
-    except Exception as exc:
-        await report(interaction, exc)
+            sink,
+        ),
+    )
 
 
 async def delete(runtime: Runtime, interaction: discord.Interaction[Any], turn_id: str) -> None:
@@ -152,4 +176,5 @@ ACTIONS: dict[str, ActionHandler] = {
     EDIT_MODAL: submit_edit,
     DELETE: delete,
     CANCEL: cancel,
+    RETRY: retry,
 }

@@ -13,7 +13,16 @@ from typing import Any
 
 import discord
 
-from .convert import CANCEL, DELETE, EDIT, INSTRUCTION_FIELD, REROLL, custom_id, template
+from .convert import (
+    CANCEL,
+    DELETE,
+    EDIT,
+    INSTRUCTION_FIELD,
+    REROLL,
+    RETRY,
+    custom_id,
+    template,
+)
 from .runtime import runtime_of
 
 log = logging.getLogger(__name__)
@@ -71,11 +80,16 @@ class CancelButton(_ActionButton, template=template(CANCEL)):
     action, label, emoji = CANCEL, "Cancel", "✖️"
 
 
+class RetryButton(_ActionButton, template=template(RETRY)):
+    action, label, emoji = RETRY, "Retry", "🔁"
+
+
 DYNAMIC_ITEMS: tuple[type[_ActionButton], ...] = (
     RerollButton,
     EditButton,
     DeleteButton,
     CancelButton,
+    RetryButton,
 )
 
 
@@ -91,6 +105,13 @@ def cancel_view(job_id: str) -> discord.ui.View:
     """The button under a queued or running job."""
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
+    return view
+
+
+def retry_view(job_id: str) -> discord.ui.View:
+    """The button under a failure that trying again may fix (`ImagineError.retryable`)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(RetryButton(job_id))
     return view
 
 

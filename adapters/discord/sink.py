@@ -26,7 +26,7 @@ from bot.core import Delivery, Phase, Progress, SinkFactory
 from bot.errors import ImagineError
 from bot.models import Job
 
-from .buttons import cancel_view, turn_view
+from .buttons import cancel_view, retry_view, turn_view
 from .convert import (
     Destination,
     caption_embed,
@@ -109,12 +109,19 @@ class DiscordSink:
         await self.runtime.wait_ready()
         async with self._lock:
             self._done = True
+            # a Retry button where trying again can help; a fresh view for each message
+            retry = job.id if job is not None and error.retryable else None
+
+            def view() -> discord.ui.View | None:
+                return retry_view(retry) if retry is not None else None
+
             if self._use_token():
                 text = failure_text(error, job)
-                if await self._edit_original(content=text, embed=None, view=None) is not None:
+                if await self._edit_original(content=text, embed=None, view=view()) is not None:
                     return
             if self.destination.token is not None:  # expired: a fresh message names the user
-                await self._send(failure_text(error, job, mention=self.destination.user_id))
+                text = failure_text(error, job, mention=self.destination.user_id)
+                await self._send(text, view=view())
                 return
             text = failure_text(error, job)
             if self._progress_message is not None:
@@ -122,12 +129,12 @@ class DiscordSink:
                     await (
                         self._channel()
                         .get_partial_message(self._progress_message)
-                        .edit(content=text, view=None)
+                        .edit(content=text, view=view())
                     )
                     return
                 except discord.HTTPException:
                     log.warning("could not edit the progress message", exc_info=True)
-            await self._send(text, reply=True)
+            await self._send(text, reply=True, view=view())
 
     # --- internals --------------------------------------------------------------------------
 
@@ -201,10 +208,12 @@ class DiscordSink:
             self._progress_message = None
         return message.id
 
-    async def _send(self, text: str, *, reply: bool = False) -> None:
+    async def _send(
+        self, text: str, *, reply: bool = False, view: discord.ui.View | None = None
+    ) -> None:
         await self._channel().send(
             text,
-            **_given(reference=self._reference() if reply else None),
+            **_given(reference=self._reference() if reply else None, view=view),
             allowed_mentions=discord.AllowedMentions(
                 everyone=False,
                 roles=False,

@@ -15,6 +15,7 @@ from adapters.slack.convert import (
     ACTION_DELETE,
     ACTION_EDIT,
     ACTION_REROLL,
+    ACTION_RETRY,
     EDIT_BLOCK,
     EDIT_INPUT,
     EDIT_MODAL,
@@ -114,10 +115,30 @@ def done_message(
     return trim(f"{head} — done", TEXT_LIMIT), blocks
 
 
-def failed_message(head: str, user_message: str) -> Message:
-    """The request and the one human sentence that says what went wrong."""
+def _retry_actions(job_id: str) -> Block:
+    return {
+        "type": "actions",
+        "block_id": f"retry:{job_id}",
+        "elements": [_button(":repeat: Retry", ACTION_RETRY, job_id)],
+    }
+
+
+def failed_message(head: str, user_message: str, *, retry_job: str | None = None) -> Message:
+    """The request and the one human sentence that says what went wrong; Retry when trying
+    again may help (`ImagineError.retryable`), for the failed job `retry_job`."""
     line = f":warning: {escape(user_message)}"
-    return trim(f"{head} — {escape(user_message)}", TEXT_LIMIT), [_section(head), _context(line)]
+    content = [_section(head), _context(line)]
+    if retry_job:
+        content.append(_retry_actions(retry_job))
+    return trim(f"{head} — {escape(user_message)}", TEXT_LIMIT), content
+
+
+def error_message(user_message: str, *, retry_job: str | None = None) -> Message:
+    """`error_text` as a thread reply, with Retry for the failed job `retry_job` if given."""
+    text = error_text(user_message)
+    if not retry_job:
+        return text, []
+    return text, [_context(text), _retry_actions(retry_job)]
 
 
 def deleted_message(user: str) -> Message:

@@ -28,6 +28,7 @@ from adapters.slack.convert import (
     ACTION_EDIT,
     ACTION_PREFIX,
     ACTION_REROLL,
+    ACTION_RETRY,
     EDIT_BLOCK,
     EDIT_MODAL,
     FILE_LINK_PREFIX,
@@ -47,7 +48,7 @@ from adapters.slack.files import SlackFiles
 from adapters.slack.sink import NowhereSink, SlackSink
 from bot.core import EditRequest, ImagineBot, ImagineRequest, ReplySink
 from bot.errors import ImagineError, InternalError, UnknownTurn
-from bot.models import Job, Thread, ThreadKey, Turn
+from bot.models import JSON, Job, JobStatus, Thread, ThreadKey, Turn
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,8 @@ class SlackHandlers:
                 await self._open_edit(value, str(body.get("trigger_id") or ""))
             elif action_id == ACTION_DELETE:
                 await self._delete(value, user)
+            elif action_id == ACTION_RETRY:
+                await self._retry(value, user)
         except ImagineError as error:
             log.info("refused %s by %s: %s", action_id, user, error)
             await self._ephemeral(channel, user, error, container.get("thread_ts"))
@@ -242,11 +245,48 @@ class SlackHandlers:
     async def _reroll(self, turn_id: str, user: str) -> None:
         turn, thread = await self._turn_and_thread(turn_id)
         self.core.check_admission(user)
+        await self._start_in_thread(
+            thread,
+            user,
+            blocks.header(user, "reroll", turn.prompt),
+            lambda sink, destination: self.core.reroll(turn_id, user, sink, destination),
+        )
+
+    async def _retry(self, job_id: str, user: str) -> None:
+        """The failed job again, for whoever clicks, in its thread like a Reroll. What the
+        core would refuse (unknown job, image deleted since, full queue) is refused here,
+        privately, before anything is posted."""
+        failed = await self.core.get_job(job_id)
+        if failed is None or failed.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise UnknownTurn(detail=f"retry of job {job_id}")
+        if failed.parent_turn_id is not None and (
+            await self.core.get_turn(failed.parent_turn_id) is None
+        ):
+            raise UnknownTurn(detail=f"retry of job {job_id}: its image was deleted")
+        thread = await self.core.get_thread(failed.thread_id)
+        if thread is None or thread.key.platform != PLATFORM:
+            raise UnknownTurn(detail=f"thread of job {job_id}")
+        self.core.check_admission(user)
+        await self._start_in_thread(
+            thread,
+            user,
+            blocks.header(user, failed.kind.value, failed.prompt),
+            lambda sink, destination: self.core.retry(job_id, user, sink, destination),
+        )
+
+    async def _start_in_thread(
+        self,
+        thread: Thread,
+        user: str,
+        head: str,
+        start: Callable[[SlackSink, JSON], Awaitable[Job]],
+    ) -> None:
+        """A button's new job: its status message in the image's thread, then the core."""
         key = thread.key
         base = Destination(key.channel, key.thread, key.thread, None, user, key.workspace)
-        sink = await self._status_sink(base, blocks.header(user, "reroll", turn.prompt))
+        sink = await self._status_sink(base, head)
         destination = sink.destination.to_json()
-        await self._submit(sink, lambda: self.core.reroll(turn_id, user, sink, destination))
+        await self._submit(sink, lambda: start(sink, destination))
 
     async def _open_edit(self, turn_id: str, trigger_id: str) -> None:
         turn, thread = await self._turn_and_thread(turn_id)

@@ -104,23 +104,35 @@ class SlackSink:
     async def fail(self, job: Job | None, error: ImagineError) -> None:
         self._final = True
         head = self._head_of(job) if job is not None else self._head
+        retry = job.id if job is not None and error.retryable else None
         async with self._lock:
             shown = False
             if head is not None:
                 try:
-                    await self._show(*blocks.failed_message(head, error.user_message))
+                    await self._show(
+                        *blocks.failed_message(head, error.user_message, retry_job=retry)
+                    )
                     shown = True
                 except SlackApiError as exc:
                     log.warning("could not update the status message: %s", exc)
             in_thread = shown and not self.destination.status_is_root
             if not in_thread and not isinstance(error, Cancelled):
-                await self.post_in_thread(blocks.error_text(error.user_message))
+                # the Retry button goes on the status message, or here if that wasn't shown
+                text, content = blocks.error_message(
+                    error.user_message, retry_job=None if shown else retry
+                )
+                await self.post_in_thread(text, content)
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    async def post_in_thread(self, text: str) -> str | None:
+    async def post_in_thread(
+        self, text: str, content: list[blocks.Block] | None = None
+    ) -> str | None:
         response = await self.client.chat_postMessage(
-            channel=self.destination.channel, thread_ts=self.destination.thread_ts, text=text
+            channel=self.destination.channel,
+            thread_ts=self.destination.thread_ts,
+            text=text,
+            blocks=content or None,
         )
         return str(response.get("ts") or "") or None
 

@@ -25,13 +25,17 @@ from bot.core import ImagineBot
 from bot.models import Image, ThreadKey, Turn
 from bot.providers.base import Provider
 from bot.providers.demo import DemoProvider
+from bot.providers.http import RetryPolicy
+from bot.providers.nexconn import NexconnProvider
 from storage import open_store
+from tests.fakes.nexconn_server import FakeNexconn
 from tests.fakes.slack_server import FakeSlack, Message
 
 SECRET = "test-signing-secret"
 TEAM = FakeSlack.team_id
 BOT = FakeSlack.bot_user_id
 MODEL = "gemini-2.5-flash-image"
+NEXCONN_KEY = "nx-test-key"
 
 
 # --- payloads, as Slack sends them ----------------------------------------------------------------
@@ -266,6 +270,19 @@ async def imagine(bot: Bot, prompt: str) -> tuple[Message, bytes]:
     (image,) = await images_in(bot.slack, root.ts, 1)
     await bot.core.idle()
     return root, image
+
+
+def nexconn_provider(fake: FakeNexconn) -> NexconnProvider:
+    """The real Nexconn client on the fake, trying once (a 5xx fails the job at once)."""
+    return NexconnProvider(NEXCONN_KEY, fake.base_url, policy=RetryPolicy(attempts=1), timeout=5.0)
+
+
+@pytest.fixture
+async def nexconn() -> AsyncIterator[FakeNexconn]:
+    fake = FakeNexconn(NEXCONN_KEY)
+    await fake.start()
+    yield fake
+    await fake.close()
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import time
 import pytest
 
 from bot.providers.demo import DemoProvider
-from bot.providers.http import RetryPolicy
-from bot.providers.nexconn import NexconnProvider
 from tests.adapters.slack.conftest import (
     BOT,
     Bot,
@@ -21,26 +19,12 @@ from tests.adapters.slack.conftest import (
     images_in,
     imagine,
     message_event,
+    nexconn_provider,
     root_of,
 )
 from tests.fakes.nexconn_server import CHAT, GENERATIONS, FakeNexconn, error_body
 from tests.fakes.scripted_json_server import Reply, b64, png
 from tests.fakes.slack_server import FakeSlack, parse_blocks
-
-NEXCONN_KEY = "nx-test-key"
-
-
-@pytest.fixture
-async def nexconn() -> FakeNexconn:
-    fake = FakeNexconn(NEXCONN_KEY)
-    await fake.start()
-    yield fake  # type: ignore[misc]
-    await fake.close()
-
-
-def nexconn_provider(fake: FakeNexconn) -> NexconnProvider:
-    return NexconnProvider(NEXCONN_KEY, fake.base_url, policy=RetryPolicy(attempts=1), timeout=5.0)
-
 
 # --- /imagine -------------------------------------------------------------------------------------
 
@@ -292,7 +276,7 @@ async def test_a_provider_failure_is_reported_in_the_thread_and_the_next_command
     assert "unavailable" in error.text and "exploded" not in error.text
     assert "Traceback" not in error.text and slack.bot_token not in error.text
     await slack.wait_for(lambda: "unavailable" in root.text)
-    assert action_ids(root) == []  # no Cancel left behind
+    assert action_ids(root) == ["imagine:retry"]  # no Cancel left behind; Retry instead
 
     _, image = await imagine(bot, "a fixed robot")
     assert image == nexconn.image

@@ -70,3 +70,18 @@ async def test_cancel_only_updates_the_status(slack: FakeSlack) -> None:
     await sink.fail(job(), Cancelled())
     root = slack.roots()[0]
     assert "Cancelled." in root.text and slack.replies(root.ts) == []
+
+
+async def test_retry_goes_in_the_thread_when_the_status_message_cannot_be_updated(
+    slack: FakeSlack,
+) -> None:
+    client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_base)
+    root = str((await client.chat_postMessage(channel="C1", text="root"))["ts"])
+    gone = Destination("C1", root, root, "9999.000001", "U1", "T1")  # deleted meanwhile
+    sink = SlackSink(client, None, gone, min_interval=1.0)  # type: ignore[arg-type]
+    await sink.fail(job(), ProviderUnavailable())
+    (reply,) = slack.replies(root)
+    assert reply.text == f":warning: {ProviderUnavailable().user_message}"
+    [actions] = [block for block in reply.blocks if block["type"] == "actions"]
+    [button] = actions["elements"]
+    assert (button["action_id"], button["value"]) == ("imagine:retry", "job1")
