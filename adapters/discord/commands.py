@@ -58,19 +58,30 @@ async def start_imagine(
         return
     await interaction.response.defer(thinking=True)
     try:
-        images = await attachments.download(runtime.http(), refs)
-        destination = interaction_destination(interaction)
-        request = ImagineRequest(
-            key=thread_key(interaction.guild_id, interaction.channel_id or 0, interaction.id),
-            user_id=str(interaction.user.id),
-            prompt=prompt,
-            aspect_ratio=aspect_ratio,
-            references=images,
-            destination=destination.to_json(),
-        )
-        await runtime.core.imagine(request, DiscordSink(runtime, destination))
+        await _imagine(runtime, interaction, prompt, refs, aspect_ratio)
     except Exception as exc:
         await report(interaction, exc)
+
+
+async def _imagine(
+    runtime: Runtime,
+    interaction: discord.Interaction[Any],
+    prompt: str,
+    refs: Sequence[AttachmentRef],
+    aspect_ratio: str | None = None,
+) -> None:
+    """After the defer: download the references and start a new thread answering here."""
+    images = await attachments.download(runtime.http(), refs)
+    destination = interaction_destination(interaction)
+    request = ImagineRequest(
+        key=thread_key(interaction.guild_id, interaction.channel_id or 0, interaction.id),
+        user_id=str(interaction.user.id),
+        prompt=prompt,
+        aspect_ratio=aspect_ratio,
+        references=images,
+        destination=destination.to_json(),
+    )
+    await runtime.core.imagine(request, DiscordSink(runtime, destination))
 
 
 async def open_image_modal(
@@ -113,16 +124,7 @@ async def submit_image_modal(
         if not refs:  # the message was deleted or lost its pictures since the menu opened
             raise ImagineError(NO_IMAGE_TEXT, detail=f"no image left on {target}")
         attachments.check(refs)
-        images = await attachments.download(runtime.http(), refs)
-        destination = interaction_destination(interaction)
-        request = ImagineRequest(
-            key=thread_key(interaction.guild_id, interaction.channel_id or 0, interaction.id),
-            user_id=str(interaction.user.id),
-            prompt=prompt,
-            references=images,
-            destination=destination.to_json(),
-        )
-        await runtime.core.imagine(request, DiscordSink(runtime, destination))
+        await _imagine(runtime, interaction, prompt, refs)
     except Exception as exc:
         await report(interaction, exc)
 

@@ -176,16 +176,7 @@ def message_intent(event: dict[str, Any], team: str, bot_user_id: str | None) ->
     in_thread = bool(thread_ts) and thread_ts != ts
     if not ts or not (in_thread or is_dm):
         return None
-    return Inbound(
-        intent=Intent.REPLY if in_thread else Intent.NEW,
-        team=team,
-        channel=str(event.get("channel") or ""),
-        ts=ts,
-        thread_ts=thread_ts if in_thread else ts,
-        user=str(event["user"]),
-        text=str(event.get("text") or ""),
-        files=files_of(event),
-    )
+    return _inbound(event, Intent.REPLY if in_thread else Intent.NEW, team, ts, thread_ts)
 
 
 def mention_intent(event: dict[str, Any], team: str, bot_user_id: str | None) -> Inbound | None:
@@ -198,12 +189,17 @@ def mention_intent(event: dict[str, Any], team: str, bot_user_id: str | None) ->
         return None
     thread_ts = str(event.get("thread_ts") or "")
     in_thread = bool(thread_ts) and thread_ts != ts
+    return _inbound(event, Intent.REPLY_OR_NEW if in_thread else Intent.NEW, team, ts, thread_ts)
+
+
+def _inbound(event: dict[str, Any], intent: Intent, team: str, ts: str, thread_ts: str) -> Inbound:
+    """A message or mention as the handlers see it; a top-level one is its own thread root."""
     return Inbound(
-        intent=Intent.REPLY_OR_NEW if in_thread else Intent.NEW,
+        intent=intent,
         team=team,
         channel=str(event.get("channel") or ""),
         ts=ts,
-        thread_ts=thread_ts if in_thread else ts,
+        thread_ts=thread_ts if intent is not Intent.NEW else ts,
         user=str(event["user"]),
         text=str(event.get("text") or ""),
         files=files_of(event),
