@@ -16,7 +16,9 @@ import aiohttp
 import pytest
 from PIL import Image as PILImage
 
+from tests.adapters.discord.conftest import is_original_edit
 from tests.adapters.slack.conftest import SECRET, command_form, signed
+from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.slack_server import FakeSlack
 
 KEYS = ("NEXCONN_API_KEY", "GMI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "IMAGINE_PROVIDER")
@@ -32,6 +34,13 @@ def free_port() -> int:
 async def slack() -> AsyncIterator[FakeSlack]:
     fake = FakeSlack()
     await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def discord() -> AsyncIterator[FakeDiscord]:
+    fake = await FakeDiscord().start()
     yield fake
     await fake.close()
 
@@ -105,3 +114,59 @@ async def test_run_serves_slack_and_stops_cleanly_on_sigterm(
     assert process.returncode == 0, log
     assert "Traceback" not in log
     assert slack.bot_token not in log  # secrets never reach the log
+
+
+async def test_one_process_serves_discord_and_slack_together(
+    slack: FakeSlack, discord: FakeDiscord, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in KEYS and not k.startswith(("DISCORD_", "SLACK_"))
+    }
+    env.update(
+        DISCORD_TOKEN=discord.token,
+        DISCORD_API_BASE=discord.api_base,
+        DISCORD_GATEWAY_URL=discord.gateway_url,
+        DISCORD_GUILD_IDS=str(discord.guild_id),
+        SLACK_BOT_TOKEN=slack.bot_token,
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_API_BASE=slack.api_base,
+        SLACK_HTTP_HOST="127.0.0.1",
+        SLACK_HTTP_PORT=str(port),
+        DATABASE_URL=f"sqlite:///{tmp_path}/bot.db",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_until_listening(port, process)  # Slack listens once Discord is ready too
+        identify = await discord.wait_identify(timeout=30)
+        assert identify["intents"] & (1 << 15)  # message content, for replies
+
+        alice = discord.user("alice")
+        payload = discord.slash(alice, "a panda making latte art")
+        await discord.dispatch("INTERACTION_CREATE", payload)
+        body = urlencode(
+            {k: v.replace("{base}", slack.base_url) for k, v in command_form("a fox").items()}
+        )
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **signed(body)}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{port}/slack/events", data=body, headers=headers) as r,
+        ):
+            assert r.status == 200
+
+        posted = await discord.wait_for(
+            is_original_edit(payload["token"], with_file=True), timeout=30
+        )
+        assert PILImage.open(io.BytesIO(posted.files[0].data)).format == "PNG"
+        root = await slack.wait_for(lambda: next(iter(slack.roots("C1")), None), timeout=20)
+        assert await slack.wait_for(lambda: slack.uploads_in(root.ts) or None, timeout=20)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    assert discord.token not in stderr.decode() and slack.bot_token not in stderr.decode()
