@@ -104,7 +104,11 @@ class ConsoleAdapter:
                 self._print(f"continuing thread “{thread.title[:60]}” (/new for a new one)")
         self._print("imagine-bot console. /help for commands.")
         lines = _line_reader(self.stdin)
+        interactive = self.stdin.isatty()
         while stop is None or not stop.is_set():
+            if interactive:
+                self.stdout.write("> ")
+                self.stdout.flush()
             line = await lines.get()
             if line is None:
                 break
