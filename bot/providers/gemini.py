@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -116,9 +117,10 @@ def _retry_delay(body: Any) -> float | None:
         if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
             delay = str(detail.get("retryDelay", "")).strip().removesuffix("s")
             try:
-                return max(0.0, float(delay))
+                seconds = float(delay)
             except ValueError:
                 return None
+            return max(0.0, seconds) if math.isfinite(seconds) else None
     return None
 
 

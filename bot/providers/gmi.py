@@ -66,6 +66,7 @@ from bot.models import Image, ImageRequest, ImageResult, Usage
 from bot.providers.base import Capabilities, ProviderCall
 from bot.providers.http import (
     RetryPolicy,
+    attempt_timeout,
     default_error,
     error_message,
     image_from_download,
@@ -486,13 +487,16 @@ class GmiProvider:
         if httpx.URL(url).scheme not in ("http", "https"):
             raise InvalidProviderResponse(detail=f"{method} {url:.200}: not an http(s) URL")
         try:
-            async with self._client.stream(method, url, content=content, headers=headers) as r:
-                if not r.is_success:
-                    raise ProviderUnavailable(
-                        detail=f"{method} {r.request.url.host}{r.request.url.path}: "
-                        f"HTTP {r.status_code}"
-                    )
-                return await read_limited(r, MAX_DOWNLOAD_BYTES)
+            async with asyncio.timeout(attempt_timeout(self._client)):
+                async with self._client.stream(method, url, content=content, headers=headers) as r:
+                    if not r.is_success:
+                        raise ProviderUnavailable(
+                            detail=f"{method} {r.request.url.host}{r.request.url.path}: "
+                            f"HTTP {r.status_code}"
+                        )
+                    return await read_limited(r, MAX_DOWNLOAD_BYTES)
+        except TimeoutError as exc:
+            raise ProviderTimeout(detail=f"{method} {url:.200}: no full answer in time") from exc
         except httpx.TimeoutException as exc:
             raise ProviderTimeout(detail=f"{method} {url:.200}: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -72,15 +73,29 @@ def make_client(
     )
 
 
+def attempt_timeout(client: httpx.AsyncClient) -> float | None:
+    """Most seconds one request may take in all, answer included.
+
+    httpx's timeouts bound each wait for the next bytes, not their sum: a server trickling
+    a byte a second would hold a request (and the user) forever. The client's read timeout,
+    the `timeout` a provider was built with, bounds the whole attempt as well.
+    """
+    return client.timeout.read
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
     """Parse Retry-After as seconds or as an HTTP date."""
     value = response.headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "inf" or "1e999" parse as floats, but no one can wait that long (and
+        # `RateLimited` cannot say it): treat them like any unreadable header.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - now())
     except (TypeError, ValueError):
@@ -113,6 +128,29 @@ def default_error(response: httpx.Response, body: Any) -> ImagineError:
     if response.status_code >= 500:
         return ProviderUnavailable(detail=detail)
     return ProviderRejected(error_message(body), detail=detail)
+
+
+def _approx_size(value: Any) -> int:
+    """Roughly how many bytes `value` is as JSON: enough to decide where to encode it."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(str(k)) + _approx_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_approx_size(item) for item in value)
+    return 8
+
+
+async def encode_json(body: Any) -> bytes:
+    """The compact JSON httpx would send for `json=body`.
+
+    A chat history resent to a stateless provider carries every earlier image as base64
+    (megabytes); `json.dumps` of it holds the GIL for hundreds of milliseconds, so large
+    bodies are encoded in a worker process (`offload`).
+    """
+    if _approx_size(body) < offload.LARGE:
+        return offload.dumps(body)
+    return await offload.run(offload.dumps, body)
 
 
 async def parse_json(raw: bytes) -> Any:
@@ -156,14 +194,20 @@ async def request_json(
 
     Retried: 429 (waiting Retry-After when it is short), 5xx, timeouts, connection errors.
     Not retried: every other 4xx, including safety refusals. The final failure is mapped to
-    the user-facing error by `map_error`.
+    the user-facing error by `map_error`. Each attempt as a whole is bounded by
+    `attempt_timeout(client)`.
     """
+    content = None if json_body is None else await encode_json(json_body)  # once, for all tries
+    headers = None if content is None else {"Content-Type": "application/json"}
     last: ImagineError = ProviderUnavailable(detail="no attempt made")
     for attempt in range(policy.attempts):
         final = attempt == policy.attempts - 1
         try:
-            async with client.stream(method, url, json=json_body) as response:
-                raw = await read_limited(response, limit)
+            async with asyncio.timeout(attempt_timeout(client)):
+                async with client.stream(method, url, content=content, headers=headers) as response:
+                    raw = await read_limited(response, limit)
+        except TimeoutError:
+            last = ProviderTimeout(detail=f"{method} {url}: no full answer in time")
         except httpx.TimeoutException as exc:
             last = ProviderTimeout(detail=f"{method} {url}: {type(exc).__name__}")
         except httpx.TransportError as exc:

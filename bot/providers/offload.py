@@ -102,5 +102,10 @@ def decode_base64(data: str) -> Outcome:
     return True, (raw, hashlib.sha256(raw).hexdigest())
 
 
+def dumps(body: Any) -> bytes:
+    """Compact UTF-8 JSON, byte for byte what httpx sends for `json=`."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
 def encode_base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")

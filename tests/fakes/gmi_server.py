@@ -9,6 +9,7 @@ so multi-turn conversations grow like GMI's. Every request is recorded.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import uuid
@@ -91,6 +92,8 @@ class FakeGmi:
         self.storage_port = 0
         self._runner: web.AppRunner | None = None
         self._seed = 0
+        self.media_drip = 0.0
+        """When set, media are sent a byte at a time, this many seconds apart."""
 
         app = web.Application(middlewares=[self._record], client_max_size=64 * 1024 * 1024)
         app.router.add_post(f"{PREFIX}/requests", self._submit)
@@ -307,7 +310,19 @@ class FakeGmi:
             return web.Response(status=404, text="<Error>NoSuchKey</Error>")
         if data.lstrip().startswith(b"<"):
             return web.Response(body=data, content_type="text/html")
+        if self.media_drip:
+            return await self._trickle(request, data)
         return web.Response(body=data, content_type="image/png")
+
+    async def _trickle(self, request: web.Request, data: bytes) -> web.StreamResponse:
+        """A storage host that never pauses long enough for a read timeout, yet takes ages."""
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        for byte in data:
+            await asyncio.sleep(self.media_drip)
+            await response.write(bytes([byte]))
+        await response.write_eof()
+        return response
 
 
 def _first_turn(payload: dict[str, Any]) -> dict[str, Any]:

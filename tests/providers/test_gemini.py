@@ -484,3 +484,22 @@ async def test_an_oversized_answer_is_refused(server: FakeGemini) -> None:
         await p.aclose()
     assert caught.value.user_message == UNREADABLE
     assert "4096" in caught.value.detail
+
+
+async def test_a_retry_info_that_is_not_a_finite_number_is_ignored(
+    server: FakeGemini, provider: GeminiProvider, sleeps: Sleeps
+) -> None:
+    body = error_body(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota.",
+        details=[{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "infs"}],
+    )
+    server.script(*[Reply(429, body)] * FAST.attempts)
+    with pytest.raises(RateLimited) as caught:
+        await within(provider.generate(request()))
+    assert caught.value.user_message == (
+        "The image provider is rate limiting us. Please try again in a minute."
+    )
+    assert len(server.requests) == FAST.attempts
+    assert all(0 <= wait <= FAST.max_delay for wait in sleeps.waits)

@@ -516,6 +516,20 @@ async def test_html_instead_of_image_is_invalid(fake: FakeGmi, provider: GmiProv
     assert len(fake.calls("GET", "/media/")) == 1
 
 
+async def test_a_trickling_media_download_times_out(fake: FakeGmi, vt: VirtualTime) -> None:
+    """Storage that sends a byte every 50 ms never trips a read timeout; the whole download
+    is bounded all the same."""
+    fake.media_drip = 0.05
+    fake.script("success")
+    provider = make_provider(fake, vt, timeout=0.5)
+    try:
+        caught = await expect(ProviderTimeout, provider.generate(request()))
+    finally:
+        await provider.aclose()
+    assert caught.user_message == TIMEOUT
+    assert len(fake.calls("GET", "/media/")) == 1
+
+
 async def test_success_without_media_is_no_image(fake: FakeGmi, provider: GmiProvider) -> None:
     fake.script("success", with_media=False, model_text="I can't draw that.")
     caught = await expect(NoImageReturned, provider.generate(request()))
