@@ -56,6 +56,9 @@ from bot.store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_HISTORY_TURNS = 8
+EVENT_MEMORY = 24 * 3600
+"""Seconds a platform event id is remembered for deduplication (Slack retries within
+minutes); older ones are dropped at start-up so the table does not grow forever."""
 PROGRESS_SLICES = 10
 """The progress ticker wakes this many times per interval, each time sending a share."""
 
@@ -194,6 +197,9 @@ class ImagineBot:
         self._sink_factories[platform] = sink_factory
 
     async def start(self) -> None:
+        forgotten = await self.store.forget_events(now() - EVENT_MEMORY)
+        if forgotten:
+            log.info("forgot %d platform event id(s) older than a day", forgotten)
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="progress")
 

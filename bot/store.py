@@ -98,6 +98,10 @@ class Store(Protocol):
         """True the first time an event id is seen (Slack retries), False afterwards."""
         ...
 
+    async def forget_events(self, before: float) -> int:
+        """Drop event ids claimed before `before` (epoch seconds); returns how many."""
+        ...
+
     # small key/value state for adapters (e.g. last selected console thread) ---------------
     async def get_state(self, key: str) -> JSON: ...
 

@@ -372,6 +372,11 @@ class SqlStore:
         async with self._write() as conn:
             return (await conn.execute(statement)).first() is not None
 
+    async def forget_events(self, before: float) -> int:
+        async with self._write() as conn:
+            result = await conn.execute(sa.delete(events).where(events.c.created_at < before))
+            return int(result.rowcount or 0)
+
     # small key/value state ------------------------------------------------------------------
     async def get_state(self, key: str) -> JSON:
         row = await self._row(sa.select(kv.c.value).where(kv.c.key == key))

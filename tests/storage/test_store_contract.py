@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -330,6 +331,15 @@ async def test_claim_event_once_even_after_reopen(store: SqlStore, database_url:
         assert await reopened.claim_event("slack", "Ev2") is True
     finally:
         await reopened.close()
+
+
+async def test_old_event_ids_can_be_forgotten(store: SqlStore) -> None:
+    assert await store.claim_event("slack", "Ev1") is True
+    assert await store.claim_event("slack", "Ev2") is True
+    assert await store.forget_events(before=time.time() - 3600) == 0  # both are recent
+    assert await store.claim_event("slack", "Ev1") is False
+    assert await store.forget_events(before=time.time() + 1) == 2
+    assert await store.claim_event("slack", "Ev1") is True
 
 
 async def test_key_value_state(store: SqlStore) -> None:
