@@ -2,45 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image as PILImage
 
-KEYS = ("NEXCONN_API_KEY", "GMI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "IMAGINE_PROVIDER")
-
-
-def run_console(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in KEYS}
-    env.update(
-        DATABASE_URL=f"sqlite:///{tmp_path}/state/bot.db",
-        IMAGINE_OUTPUT_DIR=str(tmp_path / "out"),
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "bot", "console"],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=tmp_path,  # no stray .env from the repository
-    )
+from tests.conftest import bot_env, run_cli
 
 
 def saved_paths(stdout: str) -> list[Path]:
     return [Path(line.split()[1]) for line in stdout.splitlines() if line.startswith("✓ ")]
 
 
-def test_scripted_session_then_a_second_run_continues(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    first = run_console(
+def test_scripted_session_then_a_second_run_continues(tmp_path: Path) -> None:
+    first = run_cli(
         tmp_path,
-        "/imagine a panda making latte art --ar 16:9\nmake the cup blue\n/quit\n",
+        "console",
+        stdin="/imagine a panda making latte art --ar 16:9\nmake the cup blue\n/quit\n",
     )
     assert first.returncode == 0, first.stderr
     made = saved_paths(first.stdout)
@@ -52,8 +32,12 @@ def test_scripted_session_then_a_second_run_continues(
     assert made[0].read_bytes() != made[1].read_bytes()
     assert (tmp_path / "state" / "bot.db").exists()  # the folder was created
 
-    monkeypatch.setenv("IMAGINE_DEFAULT_ASPECT_RATIO", "3:4")
-    second = run_console(tmp_path, "now in watercolor\n/threads\n/new\na red fox\n")
+    second = run_cli(
+        tmp_path,
+        "console",
+        stdin="now in watercolor\n/threads\n/new\na red fox\n",
+        IMAGINE_DEFAULT_ASPECT_RATIO="3:4",
+    )
     assert second.returncode == 0, second.stderr
     assert "continuing thread “a panda making latte art”" in second.stdout
     edited, fox = saved_paths(second.stdout)
@@ -66,10 +50,11 @@ def test_scripted_session_then_a_second_run_continues(
 
 
 def test_pick_an_old_thread_and_bad_input_gets_a_clear_line(tmp_path: Path) -> None:
-    run_console(tmp_path, "/imagine first thread\n/imagine second thread\n")
-    result = run_console(
+    run_cli(tmp_path, "console", stdin="/imagine first thread\n/imagine second thread\n")
+    result = run_cli(
         tmp_path,
-        "/threads\n/thread 2\nadd a moon\n/imagine   \n/imagine cat --ar 7:5\n/bogus\n",
+        "console",
+        stdin="/threads\n/thread 2\nadd a moon\n/imagine   \n/imagine cat --ar 7:5\n/bogus\n",
     )
     assert result.returncode == 0, result.stderr
     assert "continuing “first thread”: type an edit" in result.stdout
@@ -81,57 +66,27 @@ def test_pick_an_old_thread_and_bad_input_gets_a_clear_line(tmp_path: Path) -> N
 
 
 def test_invalid_setting_stops_with_one_line_naming_it(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in KEYS}
-    env["IMAGINE_PROVIDER"] = "midjourney"
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "console"],
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        cwd=tmp_path,
-    )
+    result = run_cli(tmp_path, "console", IMAGINE_PROVIDER="midjourney")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "IMAGINE_PROVIDER" in lines[0]
 
 
 def test_run_without_platform_credentials_says_what_is_missing(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in KEYS and not k.startswith(("DISCORD_", "SLACK_"))
-    }
-    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/bot.db"
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "run"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        cwd=tmp_path,
-    )
+    result = run_cli(tmp_path, "run")
     assert result.returncode == 2
     assert "DISCORD_TOKEN" in result.stderr and "SLACK_BOT_TOKEN" in result.stderr
 
 
 def test_sigterm_exits_cleanly_and_the_next_start_finishes_the_job(tmp_path: Path) -> None:
     """SIGTERM mid-job: exit 0 after the grace period; the next run delivers the image."""
-    env = {k: v for k, v in os.environ.items() if k not in KEYS}
-    env.update(
-        DATABASE_URL=f"sqlite:///{tmp_path}/bot.db",
-        IMAGINE_OUTPUT_DIR=str(tmp_path / "out"),
-        IMAGINE_DEMO_LATENCY="30",
-        IMAGINE_SHUTDOWN_GRACE="0.2",
-    )
     process = subprocess.Popen(
         [sys.executable, "-m", "bot", "console"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=bot_env(tmp_path, IMAGINE_DEMO_LATENCY="30", IMAGINE_SHUTDOWN_GRACE="0.2"),
         cwd=tmp_path,
     )
     assert process.stdin is not None and process.stdout is not None
@@ -146,16 +101,7 @@ def test_sigterm_exits_cleanly_and_the_next_start_finishes_the_job(tmp_path: Pat
     assert "Traceback" not in stderr
     assert not (tmp_path / "out").exists()
 
-    env["IMAGINE_DEMO_LATENCY"] = "0"
-    again = subprocess.run(
-        [sys.executable, "-m", "bot", "console"],
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=tmp_path,
-    )
+    again = run_cli(tmp_path, "console")
     assert again.returncode == 0, again.stderr
     assert "resuming 1 unfinished image(s) from last time" in again.stdout
     assert len(saved_paths(again.stdout)) == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 import socket
 import sys
@@ -18,24 +17,15 @@ from PIL import Image as PILImage
 
 from tests.adapters.discord.conftest import is_original_edit
 from tests.adapters.slack.conftest import SECRET, command_form, signed
+from tests.conftest import bot_env
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.slack_server import FakeSlack
-
-KEYS = ("NEXCONN_API_KEY", "GMI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "IMAGINE_PROVIDER")
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    fake = FakeSlack()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture
@@ -66,18 +56,13 @@ async def test_run_serves_slack_and_stops_cleanly_on_sigterm(
     slack: FakeSlack, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in KEYS and not k.startswith(("DISCORD_", "SLACK_"))
-    }
-    env.update(
+    env = bot_env(
+        tmp_path,
         SLACK_BOT_TOKEN=slack.bot_token,
         SLACK_SIGNING_SECRET=SECRET,
         SLACK_API_BASE=slack.api_base,
         SLACK_HTTP_HOST="127.0.0.1",
         SLACK_HTTP_PORT=str(port),
-        DATABASE_URL=f"sqlite:///{tmp_path}/bot.db",
         LOG_LEVEL="INFO",
     )
     process = await asyncio.create_subprocess_exec(
@@ -120,12 +105,8 @@ async def test_one_process_serves_discord_and_slack_together(
     slack: FakeSlack, discord: FakeDiscord, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in KEYS and not k.startswith(("DISCORD_", "SLACK_"))
-    }
-    env.update(
+    env = bot_env(
+        tmp_path,
         DISCORD_TOKEN=discord.token,
         DISCORD_API_BASE=discord.api_base,
         DISCORD_GATEWAY_URL=discord.gateway_url,
@@ -135,7 +116,6 @@ async def test_one_process_serves_discord_and_slack_together(
         SLACK_API_BASE=slack.api_base,
         SLACK_HTTP_HOST="127.0.0.1",
         SLACK_HTTP_PORT=str(port),
-        DATABASE_URL=f"sqlite:///{tmp_path}/bot.db",
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "run", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE

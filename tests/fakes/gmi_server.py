@@ -21,6 +21,8 @@ from typing import Any
 from aiohttp import web
 from PIL import Image as PILImage
 
+from tests.fakes.loopback import serve
+
 PREFIX = "/api/v1/ie/requestqueue/apikey"
 API_KEY = "gmi-test-key"
 
@@ -107,14 +109,9 @@ class FakeGmi:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> FakeGmi:
-        self._runner = web.AppRunner(self.app)
-        await self._runner.setup()
-        api = web.TCPSite(self._runner, "127.0.0.1", 0)
-        storage = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await api.start()
-        await storage.start()
-        self.api_port = api._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.storage_port = storage._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, (api, storage) = await serve(self.app, sites=2)
+        self.api_port = int(api.rsplit(":", 1)[1])
+        self.storage_port = int(storage.rsplit(":", 1)[1])
         return self
 
     async def close(self) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 from aiohttp import web
 from PIL import Image as PILImage
 
+from tests.fakes.loopback import serve
+
 
 def png(color: tuple[int, int, int] = (255, 0, 0), size: tuple[int, int] = (8, 8)) -> bytes:
     """A real, small PNG of one colour."""
@@ -90,12 +92,7 @@ class ScriptedJsonServer:
     async def start(self) -> str:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._runner, (self.base_url,) = await serve(app)
         return self.base_url
 
     async def close(self) -> None:

@@ -29,6 +29,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.loopback import serve
+
 T = TypeVar("T")
 
 LOGIN_PAGE = b"""<!DOCTYPE html>
@@ -105,12 +107,7 @@ class FakeSlack:
         app.router.add_get("/files-pri/{file}/{name}", self._download)
         app.router.add_post("/response/{id}", self._response)
         app.router.add_get("/link", self._link)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._runner, (self.base_url,) = await serve(app)
         return self.base_url
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from bot.models import Image, ImageRequest
 from bot.providers import offload
 from bot.providers.http import RetryPolicy, data_url, encode_json, make_client, request_json
 from bot.providers.nexconn import NexconnProvider
+from tests.fakes.loopback import loopback
 from tests.fakes.nexconn_server import FakeNexconn, error_body
 from tests.fakes.scripted_json_server import Reply
 from tests.providers.support import FAST, Sleeps, within
@@ -46,12 +47,8 @@ async def trickling() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with loopback(app) as url:
+        yield url
 
 
 async def test_a_trickling_answer_times_out_as_a_whole(trickling: str) -> None:
@@ -129,12 +126,8 @@ async def sink() -> AsyncIterator[tuple[str, list[list[bytes]], list[int]]]:
 
     app = web.Application(client_max_size=128 * 1024 * 1024)
     app.router.add_post("/{tail:.*}", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", bodies, statuses
-    await runner.cleanup()
+    async with loopback(app) as url:
+        yield url, bodies, statuses
 
 
 async def big_body(images: int, size: int) -> dict[str, Any]:

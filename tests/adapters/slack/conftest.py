@@ -286,14 +286,6 @@ async def nexconn() -> AsyncIterator[FakeNexconn]:
 
 
 @pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    fake = FakeSlack()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
 async def launch(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[Launch]:
     bots: list[Bot] = []
 
