@@ -9,7 +9,6 @@ answer may be, and how base64 images are decoded without blocking the event loop
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -215,9 +214,9 @@ async def request_json(
         else:
             if response.is_success:
                 return await parse_json(raw)
-            try:
-                body: Any = json.loads(raw) if raw else None
-            except ValueError:
+            try:  # error bodies can be large too (an HTML page, a dump): same path
+                body: Any = await parse_json(raw) if raw else None
+            except InvalidProviderResponse:
                 body = None
             error = map_error(response, body)
             retryable = response.status_code == 429 or response.status_code >= 500
