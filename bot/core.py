@@ -245,7 +245,7 @@ class ImagineBot:
     async def imagine(self, request: ImagineRequest, sink: ReplySink) -> Job:
         prompt = clean_prompt(request.prompt)
         ratio = parse_aspect_ratio(request.aspect_ratio) or self.default_aspect_ratio
-        check_reference_count(len(request.references))
+        check_reference_count(len(request.references), self._max_references)
         self.scheduler.check_admission(request.user_id)
         thread = await self.store.create_thread(
             Thread(
@@ -274,7 +274,7 @@ class ImagineBot:
     async def edit(self, request: EditRequest, sink: ReplySink) -> Job:
         instruction = clean_prompt(request.instruction)
         ratio = parse_aspect_ratio(request.aspect_ratio)
-        check_reference_count(len(request.references))
+        check_reference_count(len(request.references), self._max_references)
         target, follow_latest = await self._edit_target(request)
         self.scheduler.check_admission(request.user_id)
         job = self._new_job(
@@ -411,6 +411,10 @@ class ImagineBot:
         return await self.store.claim_event(platform, event_id)
 
     # --- internals --------------------------------------------------------------------------
+
+    @property
+    def _max_references(self) -> int:
+        return self.provider.capabilities.max_reference_images
 
     def _new_job(
         self,

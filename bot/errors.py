@@ -175,11 +175,12 @@ class ImageTooLarge(ImagineError):
 class TooManyImages(ImagineError):
     code = "too_many_images"
 
-    def __init__(self, count: int, *, detail: str | None = None) -> None:
+    def __init__(
+        self, count: int, limit: int = MAX_REFERENCE_IMAGES, *, detail: str | None = None
+    ) -> None:
         self.count = count
         super().__init__(
-            f"You attached {count} images; at most {MAX_REFERENCE_IMAGES} can be used at once.",
-            detail=detail,
+            f"You attached {count} images; at most {limit} can be used at once.", detail=detail
         )
 
 

@@ -61,9 +61,9 @@ def split_prompt_flags(text: str) -> tuple[str, str | None]:
     return " ".join(prompt.split()) if "\n" not in prompt else prompt, ratio
 
 
-def check_reference_count(count: int) -> None:
-    if count > MAX_REFERENCE_IMAGES:
-        raise TooManyImages(count)
+def check_reference_count(count: int, limit: int = MAX_REFERENCE_IMAGES) -> None:
+    if count > limit:
+        raise TooManyImages(count, limit)
 
 
 def check_attachment(name: str, content_type: str | None, size: int | None) -> None:

@@ -57,10 +57,6 @@ class Scheduler:
 
     # --- queries ----------------------------------------------------------------------------
 
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
-
     def is_running(self, job_id: str) -> bool:
         return job_id in self._running
 

@@ -8,8 +8,16 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from bot.core import Delivery, EditRequest, ImagineBot, ImagineRequest, Phase
-from bot.errors import BadApiKey, ImagineError, NotAllowed, RateLimited, UnknownTurn
+from bot.errors import (
+    BadApiKey,
+    ImagineError,
+    NotAllowed,
+    RateLimited,
+    TooManyImages,
+    UnknownTurn,
+)
 from bot.models import Image, JobStatus, ThreadKey, new_id
+from bot.providers.base import Capabilities
 from bot.scheduler import Limits
 from bot.store import Store
 from storage import open_store
@@ -387,3 +395,16 @@ async def test_a_refused_key_tells_the_user_an_admin_acts_and_the_log_says_what(
     [record] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "refused the API key" in record.getMessage()
     assert "HTTP 401" in record.getMessage()
+
+
+async def test_the_providers_own_reference_limit_is_enforced(
+    core: ImagineBot, provider: RecordingProvider
+) -> None:
+    provider.capabilities = Capabilities(max_reference_images=1)
+    image = Image.of(b"\x89PNG\r\n\x1a\n" + b"0" * 10)
+    with pytest.raises(TooManyImages) as refused:
+        await core.imagine(
+            ImagineRequest(key(), "alice", "cat", references=(image,) * 2), sink=CollectingSink()
+        )
+    assert refused.value.user_message == "You attached 2 images; at most 1 can be used at once."
+    assert provider.requests == []

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from bot.models import ASPECT_RATIOS, ImageRequest, ImageResult
+from bot.models import ImageRequest, ImageResult
 
 
 async def _ignore(_: str) -> None:
@@ -28,10 +28,10 @@ class ProviderCall:
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
+    """What the core must respect for this provider."""
+
     max_reference_images: int = 3
-    aspect_ratios: tuple[str, ...] = ASPECT_RATIOS
-    resumable: bool = False
-    """True when a stored provider request id can be polled again after a restart."""
+    """More reference images than this are refused before anything is recorded."""
 
 
 @runtime_checkable

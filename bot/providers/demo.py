@@ -115,7 +115,7 @@ class DemoProvider:
     """Offline stand-in for Gemini 2.5 Flash Image; `latency` simulates a slow provider."""
 
     name = "demo"
-    capabilities = Capabilities(max_reference_images=3, resumable=False)
+    capabilities = Capabilities(max_reference_images=3)
 
     def __init__(self, latency: float = 0.0) -> None:
         self.latency = latency

@@ -272,7 +272,7 @@ class GeminiProvider:
     """Gemini 2.5 Flash Image through Google's own API: synchronous, base64 in and out."""
 
     name = "gemini"
-    capabilities = Capabilities(max_reference_images=3, resumable=False)
+    capabilities = Capabilities(max_reference_images=3)
 
     def __init__(
         self,

@@ -278,7 +278,7 @@ class GmiProvider:
     """Gemini 2.5 Flash Image through GMI Cloud's asynchronous request queue."""
 
     name = "gmi"
-    capabilities = Capabilities(max_reference_images=MAX_REFERENCES, resumable=True)
+    capabilities = Capabilities(max_reference_images=MAX_REFERENCES)
 
     def __init__(
         self,

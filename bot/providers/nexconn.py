@@ -128,7 +128,7 @@ class NexconnProvider:
     """Gemini 2.5 Flash Image through Nexconn: synchronous, images in and out as base64."""
 
     name = "nexconn"
-    capabilities = Capabilities(max_reference_images=3, resumable=False)
+    capabilities = Capabilities(max_reference_images=3)
 
     def __init__(
         self,

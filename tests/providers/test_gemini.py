@@ -77,7 +77,6 @@ async def test_is_a_provider(provider: GeminiProvider) -> None:
     assert isinstance(provider, Provider)
     assert provider.name == "gemini"
     assert provider.capabilities.max_reference_images == 3
-    assert provider.capabilities.resumable is False
 
 
 async def test_text_to_image_returns_the_served_bytes_and_sends_the_aspect_ratio(
