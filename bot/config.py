@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.models import ASPECT_RATIOS, DEFAULT_ASPECT_RATIO
@@ -67,12 +74,19 @@ class Settings(BaseSettings):
     user_max_queued: int = Field(default=10, alias="IMAGINE_USER_MAX_QUEUED", ge=0, le=1000)
     history_turns: int = Field(default=8, alias="IMAGINE_HISTORY_TURNS", ge=1, le=64)
     shutdown_grace: float = Field(default=10.0, alias="IMAGINE_SHUTDOWN_GRACE", ge=0, le=3600)
+    job_timeout: float = Field(default=180.0, alias="IMAGINE_JOB_TIMEOUT", gt=0, le=86400)
+    job_lease: float = Field(default=30.0, alias="IMAGINE_JOB_LEASE", ge=1, le=3600)
+    job_poll: float = Field(default=1.0, alias="IMAGINE_JOB_POLL", gt=0, le=60)
 
     # discord -------------------------------------------------------------------------------
     discord_token: SecretStr | None = Field(default=None, alias="DISCORD_TOKEN")
     discord_api_base: str = Field(default="https://discord.com/api/v10", alias="DISCORD_API_BASE")
     discord_gateway_url: str | None = Field(default=None, alias="DISCORD_GATEWAY_URL")
     discord_guild_ids: str = Field(default="", alias="DISCORD_GUILD_IDS")
+    discord_shard_count: int | None = Field(
+        default=None, alias="DISCORD_SHARD_COUNT", ge=1, le=100_000
+    )
+    discord_shard_ids: str = Field(default="", alias="DISCORD_SHARD_IDS")
 
     # slack ---------------------------------------------------------------------------------
     slack_bot_token: SecretStr | None = Field(default=None, alias="SLACK_BOT_TOKEN")
@@ -142,6 +156,29 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be comma-separated numeric guild ids, got {part!r}")
         return value
 
+    @field_validator("discord_shard_count", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("discord_shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: str) -> str:
+        for part in value.replace(",", " ").split():
+            if not part.isdigit():
+                raise ValueError(f"must be comma-separated shard numbers, got {part!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> Settings:
+        ids = self.shard_ids
+        if ids and self.discord_shard_count is None:
+            raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT")
+        count = self.discord_shard_count
+        if count is not None and any(i >= count for i in ids):
+            raise ValueError(f"DISCORD_SHARD_IDS must be below DISCORD_SHARD_COUNT ({count})")
+        return self
+
     # derived ------------------------------------------------------------------------------
 
     @property
@@ -160,6 +197,11 @@ class Settings(BaseSettings):
     @property
     def guild_ids(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.discord_guild_ids.replace(",", " ").split())
+
+    @property
+    def shard_ids(self) -> tuple[int, ...]:
+        """The shards this process runs; empty means all of `discord_shard_count`."""
+        return tuple(int(p) for p in self.discord_shard_ids.replace(",", " ").split())
 
     @property
     def discord_enabled(self) -> bool:
@@ -206,11 +248,13 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = str(first["loc"][0]) if first["loc"] else "?"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across variables: its message names them
+            raise SettingsError(message) from None
+        loc = str(first["loc"][0])
         variable = _ALIASES.get(loc, loc)
         if "GEMINI_API_KEY" in variable:
             variable = "GEMINI_API_KEY"
-        message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{variable}: {message}") from None
     settings.check_provider_key()
     return settings
