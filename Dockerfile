@@ -1,4 +1,5 @@
 # imagine-bot: Discord and/or Slack, configured by environment variables (see .env.example).
+# compose.yaml runs two replicas of this image on PostgreSQL; alone it keeps SQLite in /data.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,17 +8,32 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DATABASE_URL=sqlite:////data/imagine-bot.db
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+
+# Dependencies first, in their own layer: read from pyproject.toml alone, so a code change
+# does not reinstall them. (They include asyncpg, the PostgreSQL driver.)
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Then the project itself (README.md is its package description).
+COPY README.md ./
 COPY bot ./bot
 COPY adapters ./adapters
 COPY storage ./storage
-RUN pip install . \
+# /app/data points at the volume, so DATABASE_URL=sqlite:///./data/… from a copied
+# .env.example also lands in /data (the imagine user cannot write to /app).
+RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 imagine \
-    && mkdir -p /data && chown imagine:imagine /data
+    && mkdir -p /data && chown imagine:imagine /data \
+    && ln -s /data /app/data
 
 USER imagine
 VOLUME ["/data"]
 # Slack HTTP mode listens here (Socket Mode and Discord need no inbound port).
 EXPOSE 3000
+# SIGTERM: running jobs get IMAGINE_SHUTDOWN_GRACE seconds, the rest go to other replicas
+# (or resume on the next start). Give the container longer than that before SIGKILL.
 STOPSIGNAL SIGTERM
 CMD ["imagine-bot", "run"]
