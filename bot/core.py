@@ -29,8 +29,12 @@ from bot.errors import (
     ImagineError,
     InternalError,
     NotAllowed,
-    ProviderUnavailable,
+    ProviderTimeout,
+    ShuttingDown,
     UnknownTurn,
+    UserQueueFull,
+    error_record,
+    restore_error,
 )
 from bot.inputs import check_reference_count, clean_prompt, parse_aspect_ratio
 from bot.models import (
@@ -50,7 +54,8 @@ from bot.models import (
     now,
 )
 from bot.providers.base import Provider, ProviderCall
-from bot.scheduler import Limits, Scheduler, Work
+from bot.queue import Limits, positions
+from bot.scheduler import StopReason, Worker
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,8 @@ EVENT_MEMORY = 24 * 3600
 minutes); older ones are dropped at start-up so the table does not grow forever."""
 PROGRESS_SLICES = 10
 """The progress ticker wakes this many times per interval, each time sending a share."""
+RESUME_BUDGET = 10.0
+"""Seconds a job taken over past its deadline still gets: one look at a stored request."""
 
 
 # --- what adapters send in -----------------------------------------------------------------
@@ -156,7 +163,6 @@ class _Live:
     sink: ReplySink
     started: float | None = None
     shown_position: int | None = None
-    cancel_requested: bool = False
     sending: bool = False
     last_sent: float = float("-inf")
     """When the last background update went out (monotonic): at most one per interval."""
@@ -175,11 +181,17 @@ class ImagineBot:
         default_aspect_ratio: str = DEFAULT_ASPECT_RATIO,
         progress_interval: float = 1.0,
         progress_rate: float = 25.0,
+        job_timeout: float = 180.0,
+        lease: float = 30.0,
+        poll: float = 1.0,
     ) -> None:
         self.store = store
         self.provider = provider
         self.model = model
-        self.scheduler = Scheduler(limits)
+        self.limits = limits
+        self.job_timeout = job_timeout
+        """Seconds a job may spend at the provider in all, every retry included."""
+        self.worker = Worker(store, limits, self._work, lease=lease, poll=poll)
         self.history_turns = history_turns
         self.default_aspect_ratio = default_aspect_ratio
         self.progress_interval = progress_interval
@@ -193,52 +205,40 @@ class ImagineBot:
     # --- lifecycle --------------------------------------------------------------------------
 
     def register_platform(self, platform: str, sink_factory: SinkFactory) -> None:
-        """Let jobs of `platform` found unfinished at start-up be resumed and delivered."""
+        """Let jobs of `platform` accepted by other (or earlier) processes be run and
+        delivered here, through sinks rebuilt from their stored destination."""
         self._sink_factories[platform] = sink_factory
+        self.worker.serve(platform)
 
     async def start(self) -> None:
         forgotten = await self.store.forget_events(now() - EVENT_MEMORY)
         if forgotten:
             log.info("forgot %d platform event id(s) older than a day", forgotten)
+        await self.worker.start()
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="progress")
 
     async def resume_unfinished(self) -> int:
-        """Re-queue jobs a previous process accepted but did not finish. Returns how many."""
-        resumed = 0
-        for job in await self.store.unfinished_jobs():
-            thread = await self.store.get_thread(job.thread_id)
-            factory = self._sink_factories.get(thread.key.platform) if thread else None
-            if thread is None or factory is None:
-                continue
-            sink = factory(job)
-            if job.provider != self.provider.name and job.provider_request_id:
-                error = ProviderUnavailable(
-                    detail=f"job {job.id} was submitted to {job.provider}, now {self.provider.name}"
-                )
-                await self.store.finish_job(job.id, JobStatus.FAILED, error.code)
-                await self._safe_fail(sink, job, error)
-                continue
-            log.info("resuming job %s (%s)", job.id, job.status)
-            self._enqueue(replace(job, status=JobStatus.QUEUED), sink, admitted=True)
-            resumed += 1
-        return resumed
+        """Serve the shared queue for every registered platform (call once the adapters
+        are up): jobs other processes accepted, and those a dead process held once its lease
+        lapses. Returns how many were taken at once."""
+        return await self.worker.take_over()
 
     async def shutdown(self, grace: float) -> list[str]:
-        """Stop taking work; running jobs get `grace` s; the rest stay recorded for resume."""
-        left = await self.scheduler.drain(grace)
+        """Stop taking work; running jobs get `grace` s; the rest are handed over."""
+        left = await self.worker.drain(grace)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
         if left:
-            log.info("left %d unfinished job(s) for the next start", len(left))
+            log.info("left %d unfinished job(s) to other processes or the next start", len(left))
         return left
 
     async def idle(self) -> None:
-        """Wait until no job is queued or running."""
-        await self.scheduler.join()
+        """Wait until this process has no job running and none of its own waiting."""
+        await self.worker.join()
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ class ImagineBot:
         prompt = clean_prompt(request.prompt)
         ratio = parse_aspect_ratio(request.aspect_ratio) or self.default_aspect_ratio
         check_reference_count(len(request.references), self._max_references)
-        self.scheduler.check_admission(request.user_id)
+        self.check_admission(request.user_id)
         thread = await self.store.create_thread(
             Thread(
                 id=new_id(),
@@ -267,8 +267,7 @@ class ImagineBot:
             follow_latest=False,
             destination=request.destination,
         )
-        await self.store.add_job(job, request.references)
-        self._enqueue(job, sink)
+        await self._submit(job, sink, request.references)
         return job
 
     async def edit(self, request: EditRequest, sink: ReplySink) -> Job:
@@ -276,7 +275,7 @@ class ImagineBot:
         ratio = parse_aspect_ratio(request.aspect_ratio)
         check_reference_count(len(request.references), self._max_references)
         target, follow_latest = await self._edit_target(request)
-        self.scheduler.check_admission(request.user_id)
+        self.check_admission(request.user_id)
         job = self._new_job(
             thread_id=target.thread_id,
             user_id=request.user_id,
@@ -288,8 +287,7 @@ class ImagineBot:
             follow_latest=follow_latest,
             destination=request.destination,
         )
-        await self.store.add_job(job, request.references)
-        self._enqueue(job, sink)
+        await self._submit(job, sink, request.references)
         return job
 
     async def reroll(
@@ -297,7 +295,7 @@ class ImagineBot:
     ) -> Job:
         """Same prompt, same references, same parent: a new take on one turn."""
         turn = await self._turn(turn_id)
-        self.scheduler.check_admission(user_id)
+        self.check_admission(user_id)
         job = Job(
             id=new_id(),
             thread_id=turn.thread_id,
@@ -313,8 +311,7 @@ class ImagineBot:
             model=self.model,
             created_at=now(),
         )
-        await self.store.add_job(job)
-        self._enqueue(job, sink)
+        await self._submit(job, sink)
         return job
 
     async def retry(
@@ -330,7 +327,7 @@ class ImagineBot:
             raise UnknownTurn(detail=f"job {job_id} is not a failed job")
         if failed.parent_turn_id is not None:
             await self._turn(failed.parent_turn_id)  # the image it edited must still exist
-        self.scheduler.check_admission(user_id)
+        self.check_admission(user_id)
         job = replace(
             failed,
             id=new_id(),
@@ -345,9 +342,12 @@ class ImagineBot:
             created_at=now(),
             started_at=None,
             finished_at=None,
+            owner=None,
+            lease_until=None,
+            settled=False,
+            cancel_requested=False,
         )
-        await self.store.add_job(job)
-        self._enqueue(job, sink)
+        await self._submit(job, sink)
         return job
 
     async def delete(self, turn_id: str, user_id: str, *, moderator: bool = False) -> Turn:
@@ -359,28 +359,42 @@ class ImagineBot:
         return turn
 
     async def cancel(self, job_id: str, user_id: str, *, moderator: bool = False) -> bool:
-        """Cancel a queued or running job; False when it had already finished."""
+        """Cancel a waiting or running job, whichever process holds it; False when it had
+        already left the provider."""
         job = await self.store.get_job(job_id)
         if job is None:
             raise UnknownTurn()
         if job.user_id != user_id and not moderator:
             raise NotAllowed()
         live = self._live.get(job_id)
-        if live is None or job.status.finished:
-            return False
-        live.cancel_requested = True
-        if self.scheduler.is_running(job_id):
-            return self.scheduler.cancel(job_id)
-        if self.scheduler.cancel(job_id):
-            await self._finish_cancelled(live)
+        at_provider = live is not None and not live.job.status.finished
+        if at_provider and self.worker.stop(job_id, StopReason.USER):
+            return True  # its task records the cancellation and tells the user
+        if await self.store.cancel_queued_job(job_id, self.worker.id, self.worker.lease):
+            self.worker.forget(job_id)
+            sink = await self._sink_for(job)
+            self._live.pop(job_id, None)
+            cancelled = replace(job, status=JobStatus.CANCELLED)
+            if sink is not None:
+                await self._safe_fail(sink, cancelled, Cancelled())
+                await self.store.settle_job(job_id, self.worker.id)
             return True
-        return False
+        # at the provider in another process: its worker cancels it within a poll
+        return await self.store.request_cancel(job_id)
 
     # --- lookups adapters need --------------------------------------------------------------
 
     def check_admission(self, user_id: str) -> None:
-        """Raise `UserQueueFull`/`ShuttingDown` now, so an adapter can refuse inside its ack."""
-        self.scheduler.check_admission(user_id)
+        """Raise `UserQueueFull`/`ShuttingDown` now, so an adapter can refuse inside its ack.
+
+        This process's own count, with no database round trip; recording the job checks
+        again, exactly, over every process (`Store.add_job`).
+        """
+        if not self.worker.accepting:
+            raise ShuttingDown()
+        mine = sum(1 for live in self._live.values() if live.job.user_id == user_id)
+        if mine >= self.limits.per_user_running + self.limits.per_user_queued:
+            raise UserQueueFull(mine)
 
     async def get_turn(self, turn_id: str) -> Turn | None:
         """A turn that still exists (deleted turns are None)."""
@@ -474,70 +488,135 @@ class ImagineBot:
                     return _Target(thread.id, None, pending.aspect_ratio), True
         raise UnknownTurn(detail=f"no turn for {request}")
 
-    def _enqueue(self, job: Job, sink: ReplySink, *, admitted: bool = False) -> None:
-        live = _Live(job=job, sink=sink)
-        self._live[job.id] = live
-        work = Work(job.id, job.user_id, job.thread_id, lambda: self._run(live))
-        try:
-            self.scheduler.submit(work, admitted=admitted)
-        except ImagineError:
-            del self._live[job.id]
-            raise
-        position = self.scheduler.positions().get(job.id)
-        if position is not None:  # its first place is shown at once; moves come with ticks
-            live.shown_position = position
-            self._post(live, Progress(job, Phase.QUEUED, position=position))
+    async def _submit(self, job: Job, sink: ReplySink, references: Sequence[Image] = ()) -> None:
+        """Record the job (durable before visible) and let the queue take it."""
+        await self.store.add_job(job, references, max_queued=self.limits.per_user_queued)
+        await self.worker.start()  # idempotent: a core used without `start` still runs jobs
+        live = self._live[job.id] = _Live(job=job, sink=sink)
+        if await self.worker.submit(job.id):
+            return  # claimed at once: the user sees it generating, not queued
+        position = positions(await self.store.queue_view()).get(job.id)
+        if position is not None and self.worker.is_local(job.id):
+            live.shown_position = position  # its first place is shown at once; moves come
+            self._post(live, Progress(job, Phase.QUEUED, position=position))  # with ticks
 
-    async def _run(self, live: _Live) -> None:
-        job = live.job
-        start = time.monotonic()
-        live.started = start
+    async def _sink_for(self, job: Job) -> ReplySink | None:
+        """The sink of a job accepted here, or one rebuilt from its stored destination."""
+        live = self._live.get(job.id)
+        if live is not None:
+            return live.sink
+        thread = await self.store.get_thread(job.thread_id)
+        factory = self._sink_factories.get(thread.key.platform) if thread else None
+        return factory(job) if factory is not None else None
+
+    async def _work(self, job: Job) -> None:
+        """Do what is left of a claimed job's life: generate, deliver, or report."""
+        sink = await self._sink_for(job)
+        if sink is None:  # claims only take jobs of registered platforms or local ones
+            log.error("job %s has no platform to answer on here", job.id)
+            return
+        live = self._live[job.id] = _Live(job=job, sink=sink)
         try:
-            try:
-                parent_id = await self._resolve_parent(job)
-                await self.store.mark_job_running(job.id, parent_id)
-                job = live.job = replace(
-                    job, status=JobStatus.RUNNING, parent_turn_id=parent_id, started_at=now()
-                )
-                await self._safe_progress(live.sink, Progress(job, Phase.GENERATING))
-                request, notes = await self._build_request(job)
-                result = await self.provider.generate(
-                    request,
-                    ProviderCall(
-                        resume_id=job.provider_request_id,
-                        on_submitted=lambda rid: self.store.set_job_provider_request(job.id, rid),
-                    ),
-                )
-                turn = await self._record(job, result, time.monotonic() - start)
-            except asyncio.CancelledError:
-                if live.cancel_requested:
-                    await asyncio.shield(self._finish_cancelled(live))
-                raise
-            except ImagineError as error:
-                if isinstance(error, BadApiKey):  # users were told an admin must act: tell them
-                    log.error(
-                        "the %s provider refused the API key; check its *_API_KEY setting (%s)",
-                        job.provider,
-                        error.detail,
-                    )
-                else:
-                    log.warning("job %s failed: %s", job.id, error)
-                await self.store.finish_job(job.id, JobStatus.FAILED, f"{error.code}: {error}")
-                await self._safe_fail(live.sink, job, error)
-                return
-            except Exception as exc:
-                log.exception("job %s failed unexpectedly", job.id)
-                internal = InternalError(detail=repr(exc))
-                await self.store.finish_job(job.id, JobStatus.FAILED, f"internal: {exc!r}")
-                await self._safe_fail(live.sink, job, internal)
-                return
-            job = live.job = replace(job, status=JobStatus.DONE, turn_id=turn.id)
-            await self._safe_progress(
-                live.sink, Progress(job, Phase.UPLOADING, elapsed=time.monotonic() - start)
-            )
-            await self._deliver(live.sink, Delivery(job, turn, result.image, notes))
+            if job.status is JobStatus.MADE:
+                await self._deliver_made(live)
+            elif job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                await self._report(live, restore_error(job.error))
+            else:
+                if job.started_at is not None and job.provider_request_id is not None:
+                    log.info("taking over job %s at the provider", job.id)
+                await self._generate(live)
         finally:
             self._live.pop(job.id, None)
+
+    async def _generate(self, live: _Live) -> None:
+        job = live.job
+        start = live.started = time.monotonic()
+        deadline = (job.started_at or now()) + self.job_timeout
+        worker = self.worker.id
+
+        async def submitted(request_id: str) -> None:
+            await self.store.set_job_provider_request(job.id, worker, request_id)
+
+        try:
+            parent_id = await self._resolve_parent(job)
+            if not await self.store.start_job(job.id, worker, parent_id):
+                return  # another worker holds it now
+            job = live.job = replace(job, status=JobStatus.RUNNING, parent_turn_id=parent_id)
+            await self._safe_progress(live.sink, Progress(job, Phase.GENERATING))
+            request, notes = await self._build_request(job)
+            try:
+                async with asyncio.timeout(max(deadline - now(), RESUME_BUDGET)):
+                    result = await self.provider.generate(
+                        request,
+                        ProviderCall(resume_id=job.provider_request_id, on_submitted=submitted),
+                    )
+            except TimeoutError:
+                raise ProviderTimeout(
+                    detail=f"no image within IMAGINE_JOB_TIMEOUT={self.job_timeout:g}s"
+                ) from None
+            turn = self._new_turn(job, result, time.monotonic() - start)
+            if not await self.store.make_job(job.id, worker, turn, result.images):
+                return
+        except asyncio.CancelledError:
+            if self.worker.stop_reason(job.id) is StopReason.USER:
+                await asyncio.shield(self._fail(live, JobStatus.CANCELLED, Cancelled()))
+            raise
+        except ImagineError as error:
+            if isinstance(error, BadApiKey):  # users were told an admin must act: tell them
+                log.error(
+                    "the %s provider refused the API key; check its *_API_KEY setting (%s)",
+                    job.provider,
+                    error.detail,
+                )
+            else:
+                log.warning("job %s failed: %s", job.id, error)
+            await self._fail(live, JobStatus.FAILED, error)
+            return
+        except Exception as exc:
+            log.exception("job %s failed unexpectedly", job.id)
+            await self._fail(live, JobStatus.FAILED, InternalError(detail=repr(exc)))
+            return
+        live.job = replace(job, status=JobStatus.MADE, turn_id=turn.id)
+        await self._deliver(live, turn, result.image, notes)
+
+    async def _deliver_made(self, live: _Live) -> None:
+        """An image made by a worker that died before posting it: post it from the store."""
+        job = live.job
+        turn = await self.store.get_turn(job.turn_id or "")
+        if turn is None:
+            await self._fail(live, JobStatus.FAILED, InternalError(detail="made turn vanished"))
+            return
+        log.info("delivering job %s made by another process", job.id)
+        notes = await self._history_notes(job.parent_turn_id)
+        await self._deliver(live, turn, await self._image(turn.result_sha), notes)
+
+    async def _deliver(self, live: _Live, turn: Turn, image: Image, notes: tuple[str, ...]) -> None:
+        job = live.job
+        elapsed = time.monotonic() - live.started if live.started is not None else 0.0
+        await self._safe_progress(live.sink, Progress(job, Phase.UPLOADING, elapsed=elapsed))
+        try:
+            message_id = await live.sink.deliver(Delivery(job, turn, image, notes))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivering job %s failed", job.id)
+            await self._fail(live, JobStatus.FAILED, InternalError(detail="delivery failed"))
+            return
+        thread = await self.store.get_thread(job.thread_id)
+        platform = thread.key.platform if thread is not None else ""
+        await self.store.deliver_job(job.id, self.worker.id, platform, message_id)
+
+    async def _fail(self, live: _Live, status: JobStatus, error: ImagineError) -> None:
+        """Record a failure or cancellation, then show it (durable before visible)."""
+        record = error_record(error)
+        if not await self.store.fail_job(live.job.id, self.worker.id, status, record):
+            return  # taken over: the new owner decides what the user sees
+        live.job = replace(live.job, status=status, error=record)
+        await self._report(live, error)
+
+    async def _report(self, live: _Live, error: ImagineError) -> None:
+        await self._safe_fail(live.sink, live.job, error)
+        await self.store.settle_job(live.job.id, self.worker.id)
 
     async def _resolve_parent(self, job: Job) -> str | None:
         parent = job.parent_turn_id
@@ -567,8 +646,7 @@ class ImagineBot:
                         provider_state=turn.provider_state,
                     )
                 )
-            if await self.store.count_path(job.parent_turn_id) > len(path):
-                notes = (history_note(len(path)),)
+            notes = await self._history_notes(job.parent_turn_id)
         request = ImageRequest(
             prompt=job.prompt,
             aspect_ratio=job.aspect_ratio,
@@ -584,10 +662,18 @@ class ImagineBot:
             raise UnknownTurn(detail=f"image {sha} missing from the store")
         return image
 
-    async def _record(self, job: Job, result: ImageResult, duration: float) -> Turn:
+    async def _history_notes(self, parent_turn_id: str | None) -> tuple[str, ...]:
+        """The note that older turns were left out of the model's context, if they were."""
+        if parent_turn_id is None:
+            return ()
+        if await self.store.count_path(parent_turn_id) > self.history_turns:
+            return (history_note(self.history_turns),)
+        return ()
+
+    def _new_turn(self, job: Job, result: ImageResult, duration: float) -> Turn:
         if not result.images:
             raise InternalError(detail="provider returned a result without images")
-        turn = Turn(
+        return Turn(
             id=new_id(),
             thread_id=job.thread_id,
             parent_id=job.parent_turn_id,
@@ -605,24 +691,6 @@ class ImagineBot:
             created_at=now(),
             duration_s=round(duration, 3),
         )
-        await self.store.complete_job(job.id, turn, result.images)
-        return turn
-
-    async def _deliver(self, sink: ReplySink, delivery: Delivery) -> None:
-        thread = await self.store.get_thread(delivery.job.thread_id)
-        try:
-            message_id = await sink.deliver(delivery)
-        except Exception:
-            log.exception("delivering job %s failed", delivery.job.id)
-            await self._safe_fail(sink, delivery.job, InternalError(detail="delivery failed"))
-            return
-        if message_id and thread is not None:
-            await self.store.link_message(thread.key.platform, message_id, delivery.turn.id)
-
-    async def _finish_cancelled(self, live: _Live) -> None:
-        self._live.pop(live.job.id, None)
-        await self.store.finish_job(live.job.id, JobStatus.CANCELLED, "cancelled by user")
-        await self._safe_fail(live.sink, live.job, Cancelled())
 
     async def _safe_progress(self, sink: ReplySink, update: Progress) -> None:
         try:
@@ -667,15 +735,42 @@ class ImagineBot:
         Firing every job's update at the same instant made one loop iteration run for
         hundreds of milliseconds with 200 jobs live (BENCHMARKS.md), and Discord allows a
         bot 50 requests a second in all. Running jobs go first, then the front of the queue.
+        Queue positions come from the shared queue, read at most once per interval.
         """
         pause = self.progress_interval / PROGRESS_SLICES
         budget = max(1, round(self.progress_rate * pause))
+        places: dict[str, int] = {}
+        read_at = float("-inf")
         while True:
             await asyncio.sleep(pause)
-            self._send_due_progress(budget)
+            try:
+                if time.monotonic() - read_at >= self.progress_interval:
+                    read_at = time.monotonic()
+                    places = await self._queue_places()
+                self._send_due_progress(budget, places)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("progress pass failed", exc_info=True)
 
-    def _send_due_progress(self, budget: int) -> None:
-        positions = self.scheduler.positions()
+    async def _queue_places(self) -> dict[str, int]:
+        """Places in the shared queue of the jobs accepted here; a job that left the queue
+        without this process (another one took it, or it was cancelled) is let go here."""
+        waiting = [job_id for job_id in self._live if self.worker.is_local(job_id)]
+        if not waiting:
+            return {}
+        places = positions(await self.store.queue_view())
+        for job_id in waiting:
+            if job_id in places or not self.worker.is_local(job_id):
+                continue
+            job = await self.store.get_job(job_id)
+            if job is None or job.owner != self.worker.id:
+                self.worker.forget(job_id)
+                if not self.worker.holds(job_id):
+                    self._live.pop(job_id, None)
+        return places
+
+    def _send_due_progress(self, budget: int, places: dict[str, int]) -> None:
         clock = time.monotonic()
         due: list[tuple[tuple[int, float], _Live, Progress]] = []
         for live in self._live.values():
@@ -685,7 +780,7 @@ class ImagineBot:
                 update = Progress(live.job, Phase.GENERATING, elapsed=clock - live.started)
                 due.append(((0, live.last_sent), live, update))
                 continue
-            position = positions.get(live.job.id)
+            position = places.get(live.job.id) if self.worker.is_local(live.job.id) else None
             if position is not None and position != live.shown_position:
                 update = Progress(live.job, Phase.QUEUED, position=position)
                 due.append(((position, live.last_sent), live, update))

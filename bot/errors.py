@@ -279,3 +279,36 @@ class InternalError(ImagineError):
             "Something went wrong on my side. It has been logged; please try again.",
             detail=detail,
         )
+
+
+# --- failures kept in the store ------------------------------------------------------------
+
+
+def error_record(error: ImagineError) -> str:
+    """How a failure is stored with its job: its code and the sentence the user sees (the
+    technical detail goes to the log only)."""
+    return f"{error.code}: {error.user_message}"
+
+
+def _error_classes() -> dict[str, type[ImagineError]]:
+    found: dict[str, type[ImagineError]] = {}
+    pending: list[type[ImagineError]] = [ImagineError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def restore_error(record: str | None) -> ImagineError:
+    """The error an `error_record` describes, of its own type (so `retryable` and checks
+    such as `isinstance(error, Cancelled)` still hold), with the same sentence.
+
+    A failure recorded by a process that died before showing it is shown from this."""
+    code, _, message = (record or "").partition(": ")
+    cls = _error_classes().get(code, InternalError)
+    if not message:
+        return InternalError(detail=record or "no record")
+    error = cls.__new__(cls)
+    ImagineError.__init__(error, message, detail=f"recorded: {record}")
+    return error

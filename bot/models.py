@@ -143,20 +143,29 @@ class Turn:
 
 
 class JobStatus(StrEnum):
+    """queued → running → made (image stored) → delivered (posted and indexed), or failed /
+    cancelled. A job is *settled* once its user has seen the image or the error."""
+
     QUEUED = "queued"
     RUNNING = "running"
-    DONE = "done"
+    MADE = "made"
+    DELIVERED = "delivered"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+        """Nothing more happens at the provider (what is left is telling the user)."""
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
     """A request the bot accepted: recorded before it runs, so a restart resumes it.
+
+    `owner` is the worker holding it until `lease_until` (epoch seconds); it renews the
+    lease while it works, and another worker takes the job over once the lease lapses.
+    `settled` is true once the user has seen the image or the error.
 
     `parent_turn_id` is where the edit starts; with `follow_latest` the parent is re-read
     when the job starts, so two quick replies in a thread build on each other.
@@ -182,6 +191,10 @@ class Job:
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+    settled: bool = False
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,221 +1,252 @@
-"""Runs jobs fairly under limits, and nothing else.
+"""One process's share of the job queue: claim, hold, run, hand over.
 
-Rules, each tested in `tests/test_scheduler.py`:
-- at most `concurrency` jobs run at once (sized to the provider's rate limit);
-- a user has at most `per_user_running` running and `per_user_queued` waiting jobs; more is
-  refused with `UserQueueFull` at submission, never dropped silently;
-- one job at a time per thread, in submission order, so two quick replies build on each other;
-- fair order: round-robin between users, FIFO within a user — ten jobs from one person do
-  not hold back a colleague's first;
-- `cancel` works while queued or running; `drain` stops taking work, gives running jobs a
-  grace period and then cancels them, leaving their records for the next start.
+The queue is the jobs table (see `bot.queue` for the rules and `Store.claim_jobs` for the
+transaction). A `Worker` has an id made at start. It claims what it may whenever it is
+woken — a job submitted here, a job finishing, a PostgreSQL NOTIFY from another process —
+and at least every `poll` seconds; it renews the leases of what it holds every third of a
+lease; it cancels a running job when anyone, in any process, asks; and on stop it lets
+running jobs finish for a grace period, then hands the rest over at once.
 
-The scheduler knows jobs only as ids, users and threads; what a job does is its `run`.
+A worker whose lease was taken over (a long pause, a network split) learns it at its next
+renewal and stops that job quietly: the new owner carries on, and every store write is
+conditional on the owner anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import Counter, deque
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from enum import StrEnum
 
-from bot.errors import ShuttingDown, UserQueueFull
+from bot.models import Job, JobStatus, new_id
+from bot.queue import ClaimRequest, Limits
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    concurrency: int = 4
-    per_user_running: int = 2
-    per_user_queued: int = 10
+__all__ = ["Limits", "StopReason", "Worker"]
 
 
-@dataclass(eq=False)
-class Work:
-    job_id: str
-    user_id: str
-    thread_id: str
-    run: Callable[[], Awaitable[None]] = field(repr=False)
+class StopReason(StrEnum):
+    """Why a running job's task was cancelled: each ends differently."""
+
+    USER = "user"
+    """Someone pressed Cancel: record it and tell the user."""
+    LOST = "lost"
+    """Another worker holds the job now: write nothing, say nothing."""
+    HANDOVER = "handover"
+    """This process is stopping: leave the job for the next owner."""
 
 
-class Scheduler:
-    def __init__(self, limits: Limits = Limits()) -> None:
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        limits: Limits,
+        run: Callable[[Job], Awaitable[None]],
+        *,
+        lease: float = 30.0,
+        poll: float = 1.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
         self.limits = limits
-        self._queues: dict[str, deque[Work]] = {}
-        self._last_served: dict[str, int] = {}  # user → dispatch number of their last start
-        self._dispatched = 0
-        self._thread_queue: dict[str, deque[str]] = {}  # thread → queued job ids, in order
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._running_users: Counter[str] = Counter()
-        self._busy_threads: set[str] = set()
+        self.id = worker_id or f"w-{new_id()}"
+        self.lease = lease
+        self.poll = poll
+        self._run = run
+        self._platforms: set[str] = set()
+        self._takeover = False
+        self._local: set[str] = set()
+        """Jobs submitted through this process that no worker has claimed yet (as far as
+        this process knows)."""
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._at_provider: set[str] = set()
+        self._stop_reasons: dict[str, StopReason] = {}
         self._accepting = True
+        self._wakeup = asyncio.Event()
+        self._claiming = asyncio.Lock()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._loop: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], Awaitable[None]] | None = None
+        self._next_renewal = 0.0
 
-    # --- queries ----------------------------------------------------------------------------
+    # --- lifecycle --------------------------------------------------------------------------
 
-    def is_running(self, job_id: str) -> bool:
-        return job_id in self._running
+    async def start(self) -> None:
+        if self._loop is not None:
+            return
+        try:
+            self._unlisten = await self.store.listen(self.wake)
+        except Exception:
+            log.warning("cannot listen for queue changes; polling every %ss", self.poll)
+        self._next_renewal = time.monotonic() + self.lease / 3
+        self._loop = asyncio.get_running_loop().create_task(self._serve(), name=self.id)
 
-    def is_queued(self, job_id: str) -> bool:
-        return any(w.job_id == job_id for q in self._queues.values() for w in q)
+    def serve(self, platform: str) -> None:
+        """Jobs of `platform` may be claimed here once takeover is on (its adapter is up)."""
+        self._platforms.add(platform)
 
-    def user_load(self, user_id: str) -> tuple[int, int]:
-        """(running, queued) jobs of a user."""
-        return self._running_users[user_id], len(self._queues.get(user_id, ()))
-
-    def positions(self) -> dict[str, int]:
-        """1-based place of every queued job in the round-robin order it will start in."""
-        order: list[str] = []
-        users = self._user_order()
-        cursors = dict.fromkeys(users, 0)
-        remaining = sum(len(self._queues[u]) for u in users)
-        while remaining:
-            for user in users:
-                queue = self._queues[user]
-                i = cursors[user]
-                if i < len(queue):
-                    order.append(queue[i].job_id)
-                    cursors[user] = i + 1
-                    remaining -= 1
-        return {job_id: index + 1 for index, job_id in enumerate(order)}
-
-    # --- commands ---------------------------------------------------------------------------
-
-    def check_admission(self, user_id: str) -> None:
-        """Raise if a new job of this user would be refused (call before recording it)."""
-        if not self._accepting:
-            raise ShuttingDown()
-        running, queued = self.user_load(user_id)
-        if queued >= self.limits.per_user_queued:
-            raise UserQueueFull(running + queued)
-
-    def submit(self, work: Work, *, admitted: bool = False) -> None:
-        """Queue a job; `admitted` skips the per-user cap (jobs resumed after a restart)."""
-        if not admitted:
-            self.check_admission(work.user_id)
-        self._queues.setdefault(work.user_id, deque()).append(work)
-        self._thread_queue.setdefault(work.thread_id, deque()).append(work.job_id)
-        self._idle.clear()
-        self._dispatch()
-
-    def cancel(self, job_id: str) -> bool:
-        """Remove a queued job or cancel a running one; False if unknown or finished."""
-        task = self._running.get(job_id)
-        if task is not None:
-            task.cancel()
-            return True
-        for user, queue in self._queues.items():
-            for work in queue:
-                if work.job_id == job_id:
-                    queue.remove(work)
-                    self._forget_queued(user, work)
-                    self._dispatch()
-                    return True
-        return False
-
-    async def join(self) -> None:
-        """Wait until nothing is queued or running (tests, the console)."""
-        await self._idle.wait()
+    async def take_over(self) -> int:
+        """Claim, from now on, any job of the served platforms — also those other (or
+        earlier) processes accepted. Returns how many this first pass took."""
+        self._takeover = True
+        return len(await self._claim())
 
     async def drain(self, grace: float) -> list[str]:
-        """Stop taking work, let running jobs finish for `grace` s, cancel the rest.
+        """Stop claiming; running jobs get `grace` s; the rest are handed over at once.
 
-        Returns the ids of jobs that did not finish (queued ones and cancelled running
-        ones); their records stay unfinished so the next start resumes them.
+        Returns the ids of jobs this process leaves unfinished (for the log and tests).
         """
         self._accepting = False
-        left = [w.job_id for q in self._queues.values() for w in q]
-        self._queues.clear()
-        self._thread_queue.clear()
-        tasks = list(self._running.values())
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+        if self._unlisten is not None:
+            await self._unlisten()
+            self._unlisten = None
+        left = sorted(self._local)
+        self._local.clear()
+        tasks = list(self._tasks.values())
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 left.append(task.get_name())
+                self._stop_reasons.setdefault(task.get_name(), StopReason.HANDOVER)
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        try:
+            released = await self.store.release_jobs(self.id)
+        except Exception:
+            log.exception("could not hand over jobs; they are taken over when the lease lapses")
+        else:
+            if released:
+                log.info("handed %d job(s) over to other processes", released)
         self._idle.set()
         return left
 
+    # --- what the core asks -----------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    async def submit(self, job_id: str) -> bool:
+        """A job was recorded through this process: claim what the rules allow now.
+
+        True if this very job was claimed (it starts at once)."""
+        self._local.add(job_id)
+        self._idle.clear()
+        await self._claim()
+        return job_id in self._tasks
+
+    def forget(self, job_id: str) -> None:
+        """A local job was claimed elsewhere, or cancelled before anyone started it."""
+        self._local.discard(job_id)
+        self._check_idle()
+
+    def is_local(self, job_id: str) -> bool:
+        return job_id in self._local
+
+    def holds(self, job_id: str) -> bool:
+        return job_id in self._tasks
+
+    def stop_reason(self, job_id: str) -> StopReason | None:
+        return self._stop_reasons.get(job_id)
+
+    def stop(self, job_id: str, reason: StopReason) -> bool:
+        """Cancel the task of a job this process holds; False if it holds none."""
+        task = self._tasks.get(job_id)
+        if task is None or task.done():
+            return False
+        self._stop_reasons.setdefault(job_id, reason)
+        task.cancel()
+        return True
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def join(self) -> None:
+        """Until this process has nothing to run and nothing of its own waiting."""
+        await self._idle.wait()
+
     # --- internals --------------------------------------------------------------------------
 
-    def _forget_queued(self, user: str, work: Work) -> None:
-        thread_queue = self._thread_queue.get(work.thread_id)
-        if thread_queue is not None:
-            thread_queue.remove(work.job_id)
-            if not thread_queue:
-                del self._thread_queue[work.thread_id]
-        if not self._queues[user]:
-            del self._queues[user]
-        self._check_idle()
+    async def _serve(self) -> None:
+        while True:
+            timeout = max(0.0, min(self.poll, self._next_renewal - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            self._wakeup.clear()
+            try:
+                await self._claim()
+                if self._tasks:
+                    for job_id in await self.store.cancel_requests(self.id):
+                        self.stop(job_id, StopReason.USER)
+                if time.monotonic() >= self._next_renewal:
+                    await self._renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may blip; the next pass tries again
+                log.exception("job queue pass failed")
+                await asyncio.sleep(self.poll)
 
-    def _eligible(self, work: Work) -> bool:
-        if work.thread_id in self._busy_threads:
-            return False
-        head = self._thread_queue.get(work.thread_id)
-        return head is not None and len(head) > 0 and head[0] == work.job_id
+    async def _claim(self) -> list[Job]:
+        async with self._claiming:  # one claim transaction at a time per process
+            return await self._claim_once()
 
-    def _user_order(self) -> list[str]:
-        """Users with waiting work, least recently served first: that is the round-robin.
+    async def _claim_once(self) -> list[Job]:
+        if not self._accepting or not (self._local or self._takeover):
+            return []
+        request = ClaimRequest(
+            limits=self.limits,
+            platforms=frozenset(self._platforms) if self._takeover else frozenset(),
+            local_ids=frozenset(self._local),
+            max_run=max(0, self.limits.concurrency - len(self._at_provider)),
+            lease=self.lease,
+        )
+        jobs = await self.store.claim_jobs(self.id, request)
+        for job in jobs:
+            self._local.discard(job.id)
+            if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                self._at_provider.add(job.id)
+            task = asyncio.get_running_loop().create_task(self._hold(job), name=job.id)
+            self._tasks[job.id] = task
+        if jobs:
+            self._idle.clear()
+        return jobs
 
-        A user never served (or idle since) comes first, so a colleague's first job does not
-        wait behind someone's tenth. Ties keep arrival order (dicts keep insertion order).
-        """
-        return sorted(self._queues, key=lambda user: self._last_served.get(user, 0))
-
-    def _next(self) -> Work | None:
-        for user in self._user_order():
-            if self._running_users[user] >= self.limits.per_user_running:
-                continue
-            for work in self._queues[user]:
-                if self._eligible(work):
-                    self._queues[user].remove(work)
-                    if not self._queues[user]:
-                        del self._queues[user]
-                    self._dispatched += 1
-                    self._last_served[user] = self._dispatched
-                    thread_queue = self._thread_queue[work.thread_id]
-                    thread_queue.popleft()
-                    if not thread_queue:
-                        del self._thread_queue[work.thread_id]
-                    return work
-        return None
-
-    def _dispatch(self) -> None:
-        if not self._accepting:
-            return
-        while len(self._running) < self.limits.concurrency:
-            work = self._next()
-            if work is None:
-                break
-            self._running_users[work.user_id] += 1
-            self._busy_threads.add(work.thread_id)
-            task = asyncio.get_running_loop().create_task(self._run(work), name=work.job_id)
-            self._running[work.job_id] = task
-        self._check_idle()
-
-    async def _run(self, work: Work) -> None:
+    async def _hold(self, job: Job) -> None:
         try:
-            await work.run()
+            await self._run(job)
         except asyncio.CancelledError:
             raise
         except Exception:  # the job's own code reports its errors; this is a last guard
-            log.exception("job %s crashed", work.job_id)
+            log.exception("job %s crashed", job.id)
         finally:
-            del self._running[work.job_id]
-            self._running_users[work.user_id] -= 1
-            if not self._running_users[work.user_id]:
-                del self._running_users[work.user_id]
-                if work.user_id not in self._queues:
-                    self._last_served.pop(work.user_id, None)  # idle users start afresh
-            self._busy_threads.discard(work.thread_id)
-            self._dispatch()
+            self._tasks.pop(job.id, None)
+            self._at_provider.discard(job.id)
+            self._stop_reasons.pop(job.id, None)
+            self.wake()
+            self._check_idle()
+
+    async def _renew(self) -> None:
+        self._next_renewal = time.monotonic() + self.lease / 3
+        held = await self.store.renew_leases(self.id, self.lease)
+        for job_id in list(self._tasks):
+            if job_id not in held:
+                log.warning("job %s was taken over by another process; dropping it", job_id)
+                self.stop(job_id, StopReason.LOST)
+            elif held[job_id]:
+                self.stop(job_id, StopReason.USER)
 
     def _check_idle(self) -> None:
-        if not self._running and not self._queues:
+        if not self._tasks and not self._local:
             self._idle.set()

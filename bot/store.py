@@ -6,10 +6,11 @@ sha256 and written once however often they are used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from bot.models import JSON, Image, Job, JobStatus, Thread, ThreadKey, Turn
+from bot.queue import ClaimRequest, QueueView
 
 
 @runtime_checkable
@@ -38,34 +39,74 @@ class Store(Protocol):
         """Newest first (by latest activity)."""
         ...
 
-    # jobs -----------------------------------------------------------------------------------
-    async def add_job(self, job: Job, images: Sequence[Image] = ()) -> None:
-        """Record an accepted job and its reference images in one transaction."""
+    # jobs: the queue shared by every process on the database --------------------------------
+    async def add_job(
+        self, job: Job, images: Sequence[Image] = (), *, max_queued: int | None = None
+    ) -> None:
+        """Record an accepted job and its reference images in one transaction; with
+        `max_queued`, raise `UserQueueFull` when the user already has that many waiting."""
         ...
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
-    async def mark_job_running(self, job_id: str, parent_turn_id: str | None) -> None:
-        """Status running, started_at set, and the parent actually used (follow_latest)."""
+    async def user_load(self, user_id: str) -> tuple[int, int]:
+        """(running, queued) jobs of a user, over every process."""
         ...
 
-    async def set_job_provider_request(self, job_id: str, request_id: str) -> None:
+    async def claim_jobs(self, worker: str, request: ClaimRequest) -> list[Job]:
+        """Take what `bot.queue.plan_claims` allows, in one transaction, with a lease."""
+        ...
+
+    async def queue_view(self) -> QueueView: ...
+
+    async def renew_leases(self, worker: str, lease: float) -> dict[str, bool]:
+        """Held job ids → cancel requested; a job missing here was taken over."""
+        ...
+
+    async def cancel_requests(self, worker: str) -> list[str]: ...
+
+    async def release_jobs(self, worker: str) -> int:
+        """Hand every unsettled job of `worker` over (graceful stop)."""
+        ...
+
+    # each step below is conditional on the owner: False means the worker lost the job
+    async def start_job(self, job_id: str, worker: str, parent_turn_id: str | None) -> bool: ...
+
+    async def set_job_provider_request(self, job_id: str, worker: str, request_id: str) -> bool:
         """Store the provider's request id before the first poll (resume after restart)."""
         ...
 
-    async def finish_job(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
-        """Failed or cancelled (success goes through `complete_job`)."""
+    async def make_job(self, job_id: str, worker: str, turn: Turn, images: Sequence[Image]) -> bool:
+        """One transaction: the result images, the new turn, the job marked made."""
         ...
 
-    async def complete_job(self, job_id: str, turn: Turn, images: Sequence[Image]) -> None:
-        """One transaction: the result images, the new turn, the job marked done."""
+    async def deliver_job(
+        self, job_id: str, worker: str, platform: str, message_id: str | None
+    ) -> bool:
+        """Index the posted message and settle the job, in one transaction."""
         ...
 
-    async def unfinished_jobs(self) -> list[Job]:
-        """Queued or running jobs, oldest first: what a restart must resume."""
+    async def fail_job(
+        self, job_id: str, worker: str, status: JobStatus, error: str | None = None
+    ) -> bool:
+        """Failed or cancelled, not yet shown to the user (`settle_job` after)."""
         ...
+
+    async def cancel_queued_job(self, job_id: str, worker: str, lease: float) -> bool: ...
+
+    async def request_cancel(self, job_id: str) -> bool:
+        """Ask the worker holding a running job to cancel it."""
+        ...
+
+    async def settle_job(self, job_id: str, worker: str) -> bool: ...
 
     async def active_job_for_thread(self, thread_id: str) -> Job | None: ...
+
+    async def unsettled_jobs(self) -> list[Job]: ...
+
+    async def listen(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]] | None:
+        """Call `wake` when another process changes the queue; None: poll instead."""
+        ...
 
     # turns ----------------------------------------------------------------------------------
     async def get_turn(self, turn_id: str) -> Turn | None: ...

@@ -95,9 +95,18 @@ jobs = sa.Table(
     sa.Column("created_at", sa.Double(), nullable=False),
     sa.Column("started_at", sa.Double(), nullable=True),
     sa.Column("finished_at", sa.Double(), nullable=True),
+    sa.Column("platform", sa.String(32), nullable=False),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", sa.Double(), nullable=True),
+    sa.Column("settled", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Index(None, "status"),
     sa.Index(None, "thread_id"),
+    sa.Index(None, "settled"),
+    sa.Index(None, "user_id", "finished_at"),
 )
+"""The queue: unsettled rows (`settled` false) are what workers claim; `owner` and
+`lease_until` say who holds one and until when."""
 
 message_links = sa.Table(
     "message_links",

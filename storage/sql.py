@@ -8,7 +8,7 @@ the in-process write lock SQLite needs because it allows a single writer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from bot.errors import Cancelled, UserQueueFull
 from bot.models import JSON, Image, Job, JobStatus, Thread, ThreadKey, Turn, TurnKind, Usage, now
+from bot.queue import ClaimRequest, QueueEntry, QueueView, last_served, plan_claims
+from storage.notify import JOBS_CHANNEL, listen_for_jobs
 from storage.schema import events, images, jobs, kv, message_links, threads, turns
+
+CANCELLED_CODE = Cancelled.code
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -41,7 +46,10 @@ _MIGRATION_LOCK_KEY = 0x696D6167  # "imag": replicas starting together migrate o
 _MAX_DEPTH = 1_000_000
 """Recursion bound for parent walks, so a corrupted (cyclic) chain cannot loop forever."""
 
-_UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+_OPEN = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+"""Waiting or at the provider."""
+
+_QUEUE_LOCK_KEY = 0x696D6A71  # "imjq": PostgreSQL advisory lock around claims and admissions
 
 
 def alembic_config() -> Config:
@@ -217,50 +225,157 @@ class SqlStore:
         return [_thread(row) for row in await self._rows(query)]
 
     # jobs -----------------------------------------------------------------------------------
-    async def add_job(self, job: Job, images: Sequence[Image] = ()) -> None:
-        """Record an accepted job and its reference images in one transaction."""
+    async def add_job(
+        self, job: Job, images: Sequence[Image] = (), *, max_queued: int | None = None
+    ) -> None:
+        """Record an accepted job and its reference images in one transaction.
+
+        With `max_queued`, refuses (`UserQueueFull`) when the user already has that many
+        jobs waiting, counted over every process under the same lock as the claims.
+        """
         async with self._write() as conn:
+            await self._lock_queue(conn)
+            if max_queued is not None:
+                running, queued = await self._user_load(conn, job.user_id)
+                if queued >= max_queued:
+                    raise UserQueueFull(running + queued)
             await self._store_images(conn, images)
-            await conn.execute(sa.insert(jobs).values(_job_values(job)))
+            platform = sa.select(threads.c.platform).where(threads.c.id == job.thread_id)
+            values = _job_values(job)
+            values["platform"] = platform.scalar_subquery()
+            await conn.execute(sa.insert(jobs).values(values))
+            await self._notify(conn)
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._row(sa.select(jobs).where(jobs.c.id == job_id))
         return None if row is None else _job(row)
 
-    async def mark_job_running(self, job_id: str, parent_turn_id: str | None) -> None:
-        """Status running, started_at set, and the parent actually used (follow_latest)."""
-        await self._update_job(
-            job_id,
-            status=JobStatus.RUNNING.value,
-            started_at=now(),
-            parent_turn_id=parent_turn_id,
-        )
+    async def user_load(self, user_id: str) -> tuple[int, int]:
+        """(running, queued) jobs of a user, over every process."""
+        async with self._reader.connect() as conn:
+            return await self._user_load(conn, user_id)
 
-    async def set_job_provider_request(self, job_id: str, request_id: str) -> None:
+    async def claim_jobs(self, worker: str, request: ClaimRequest) -> list[Job]:
+        """Take the jobs `bot.queue.plan_claims` allows, as `worker`, with a fresh lease.
+
+        One short transaction under the queue lock (PostgreSQL: an advisory lock, plus row
+        locks that skip rows another transaction is changing; SQLite: the write lock), so
+        the caps hold over every process and no job gets two owners.
+        """
+        async with self._write() as conn:
+            await self._lock_queue(conn)
+            at = now()
+            view = await self._queue_view(conn)
+            picked = plan_claims(view, request, at)
+            if not picked:
+                return []
+            if not self.is_sqlite:
+                locked = await conn.execute(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.id.in_(picked))
+                    .with_for_update(skip_locked=True)
+                )
+                available = set(locked.scalars())
+                picked = [job_id for job_id in picked if job_id in available]
+            statuses = {e.id: e.status for e in view.entries}
+            claimed: list[str] = []
+            for index, job_id in enumerate(picked):
+                values: dict[str, Any] = {"owner": worker, "lease_until": at + request.lease}
+                if statuses[job_id] is JobStatus.QUEUED:
+                    # distinct start times keep the round-robin order of one claim pass
+                    values.update(status=JobStatus.RUNNING.value, started_at=at + index * 1e-6)
+                result = await conn.execute(
+                    sa.update(jobs)
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.status == statuses[job_id].value,
+                        jobs.c.settled.is_(False),
+                    )
+                    .values(**values)
+                )
+                if result.rowcount:
+                    claimed.append(job_id)
+            if not claimed:
+                return []
+            rows = (await conn.execute(sa.select(jobs).where(jobs.c.id.in_(claimed)))).all()
+        by_id = {row.id: _job(row) for row in rows}
+        return [by_id[job_id] for job_id in claimed]
+
+    async def queue_view(self) -> QueueView:
+        """Every unsettled job and who was served when: queue positions for progress."""
+        async with self._reader.connect() as conn:
+            return await self._queue_view(conn)
+
+    async def renew_leases(self, worker: str, lease: float) -> dict[str, bool]:
+        """Extend the lease of every unsettled job `worker` holds.
+
+        Returns those jobs' ids, each with whether someone asked to cancel it; a job the
+        worker thought it held but is missing here was taken over: it must stop quietly.
+        """
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.owner == worker, jobs.c.settled.is_(False))
+            .values(lease_until=now() + lease)
+            .returning(jobs.c.id, jobs.c.cancel_requested)
+        )
+        async with self._write() as conn:
+            rows = (await conn.execute(statement)).all()
+        return {row.id: bool(row.cancel_requested) for row in rows}
+
+    async def cancel_requests(self, worker: str) -> list[str]:
+        """Jobs `worker` holds that someone asked to cancel (from any process)."""
+        rows = await self._rows(
+            sa.select(jobs.c.id).where(
+                jobs.c.owner == worker,
+                jobs.c.settled.is_(False),
+                jobs.c.cancel_requested.is_(True),
+            )
+        )
+        return [row.id for row in rows]
+
+    async def release_jobs(self, worker: str) -> int:
+        """Hand over every unsettled job `worker` holds (a graceful stop): another worker
+        may take them at once. Returns how many."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.owner == worker, jobs.c.settled.is_(False))
+                .values(owner=None, lease_until=None)
+            )
+            await self._notify(conn)
+            return int(result.rowcount or 0)
+
+    async def start_job(self, job_id: str, worker: str, parent_turn_id: str | None) -> bool:
+        """Record the parent actually used (follow_latest). False if `worker` lost the job."""
+        return await self._update_held(job_id, worker, parent_turn_id=parent_turn_id)
+
+    async def set_job_provider_request(self, job_id: str, worker: str, request_id: str) -> bool:
         """Store the provider's request id before the first poll (resume after restart)."""
-        await self._update_job(job_id, provider_request_id=request_id)
+        return await self._update_held(job_id, worker, provider_request_id=request_id)
 
-    async def finish_job(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
-        """Failed or cancelled (success goes through `complete_job`)."""
-        await self._update_job(
-            job_id,
-            status=JobStatus(status).value,
-            error=error,
-            finished_at=now() if JobStatus(status).finished else None,
-        )
+    async def make_job(self, job_id: str, worker: str, turn: Turn, images: Sequence[Image]) -> bool:
+        """One transaction: the result images, the new turn, the job marked made.
 
-    async def complete_job(self, job_id: str, turn: Turn, images: Sequence[Image]) -> None:
-        """One transaction: the result images, the new turn, the job marked done."""
+        Nothing is written (False) unless `worker` still holds the job at the provider:
+        a worker that lost its lease cannot overwrite the work of the one that took over.
+        """
         if turn.parent_id == turn.id:
             raise ValueError(f"turn {turn.id!r} cannot be its own parent")
         async with self._write() as conn:
+            result = await conn.execute(
+                sa.update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.owner == worker,
+                    jobs.c.status == JobStatus.RUNNING.value,
+                )
+                .values(status=JobStatus.MADE.value, error=None, finished_at=now())
+            )
+            if not result.rowcount:
+                return False
             await self._store_images(conn, images)
             await conn.execute(sa.insert(turns).values(_turn_values(turn)))
-            await conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(status=JobStatus.DONE.value, turn_id=turn.id, error=None, finished_at=now())
-            )
+            await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(turn_id=turn.id))
             # Activity orders `list_threads`; never move it backwards (portable GREATEST).
             await conn.execute(
                 sa.update(threads)
@@ -272,28 +387,170 @@ class SqlStore:
                     )
                 )
             )
+            await self._notify(conn)
+            return True
 
-    async def unfinished_jobs(self) -> list[Job]:
-        """Queued or running jobs, oldest first: what a restart must resume."""
-        query = (
-            sa.select(jobs)
-            .where(jobs.c.status.in_(_UNFINISHED))
-            .order_by(jobs.c.created_at, jobs.c.id)
-        )
-        return [_job(row) for row in await self._rows(query)]
+    async def deliver_job(
+        self, job_id: str, worker: str, platform: str, message_id: str | None
+    ) -> bool:
+        """The image was posted: index its message and settle the job, in one transaction."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.owner == worker,
+                        jobs.c.status == JobStatus.MADE.value,
+                    )
+                    .values(
+                        status=JobStatus.DELIVERED.value, settled=True, owner=None, lease_until=None
+                    )
+                    .returning(jobs.c.turn_id)
+                )
+            ).first()
+            if row is None:
+                return False
+            if message_id:
+                await conn.execute(_link_statement(self, platform, message_id, row.turn_id))
+            return True
+
+    async def fail_job(
+        self, job_id: str, worker: str, status: JobStatus, error: str | None = None
+    ) -> bool:
+        """Failed or cancelled, still to be shown to the user (then `settle_job`).
+
+        Only the holder may record it, and only before the image was made.
+        """
+        async with self._write() as conn:
+            result = await conn.execute(
+                sa.update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.owner == worker,
+                    jobs.c.status.in_((*_OPEN, JobStatus.MADE.value)),
+                )
+                .values(status=JobStatus(status).value, error=error, finished_at=now())
+            )
+            await self._notify(conn)
+            return bool(result.rowcount)
+
+    async def cancel_queued_job(self, job_id: str, worker: str, lease: float) -> bool:
+        """Cancel a job nobody has started, holding it (as `worker`) until the user is told."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.CANCELLED.value,
+                    error=f"{CANCELLED_CODE}: cancelled by user",
+                    finished_at=now(),
+                    owner=worker,
+                    lease_until=now() + lease,
+                )
+            )
+            return bool(result.rowcount)
+
+    async def request_cancel(self, job_id: str) -> bool:
+        """Ask whichever worker holds a job at the provider to cancel it."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+                .values(cancel_requested=True)
+            )
+            await self._notify(conn)
+            return bool(result.rowcount)
+
+    async def settle_job(self, job_id: str, worker: str) -> bool:
+        """The user has seen the outcome: nothing is left to do for this job."""
+        return await self._update_held(job_id, worker, settled=True, owner=None, lease_until=None)
 
     async def active_job_for_thread(self, thread_id: str) -> Job | None:
+        """The thread's oldest job still waiting or at the provider."""
         row = await self._row(
             sa.select(jobs)
-            .where(jobs.c.thread_id == thread_id, jobs.c.status.in_(_UNFINISHED))
+            .where(jobs.c.thread_id == thread_id, jobs.c.status.in_(_OPEN))
             .order_by(jobs.c.created_at, jobs.c.id)
             .limit(1)
         )
         return None if row is None else _job(row)
 
-    async def _update_job(self, job_id: str, **values: Any) -> None:
+    async def unsettled_jobs(self) -> list[Job]:
+        """Every job whose user has not seen an outcome yet, oldest first."""
+        query = (
+            sa.select(jobs).where(jobs.c.settled.is_(False)).order_by(jobs.c.created_at, jobs.c.id)
+        )
+        return [_job(row) for row in await self._rows(query)]
+
+    async def listen(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]] | None:
+        """Call `wake` whenever another process changes the queue (PostgreSQL NOTIFY).
+
+        Returns the function that stops listening, or None where the engine cannot tell
+        (SQLite): workers then poll.
+        """
+        if self.is_sqlite:
+            return None
+        return await listen_for_jobs(self.engine.url, wake)
+
+    async def _update_held(self, job_id: str, worker: str, **values: Any) -> bool:
         async with self._write() as conn:
-            await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+            result = await conn.execute(
+                sa.update(jobs).where(jobs.c.id == job_id, jobs.c.owner == worker).values(**values)
+            )
+            return bool(result.rowcount)
+
+    async def _lock_queue(self, conn: AsyncConnection) -> None:
+        """Serialise claims and admissions (SQLite's write lock already does)."""
+        if not self.is_sqlite:
+            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_QUEUE_LOCK_KEY)))
+
+    async def _notify(self, conn: AsyncConnection) -> None:
+        """Wake the other processes' workers when this transaction commits."""
+        if not self.is_sqlite:
+            await conn.execute(sa.select(sa.func.pg_notify(JOBS_CHANNEL, "")))
+
+    async def _user_load(self, conn: AsyncConnection, user_id: str) -> tuple[int, int]:
+        rows = await conn.execute(
+            sa.select(jobs.c.status, sa.func.count())
+            .where(jobs.c.user_id == user_id, jobs.c.status.in_(_OPEN))
+            .group_by(jobs.c.status)
+        )
+        counts = {status: int(count) for status, count in rows.all()}
+        return counts.get(JobStatus.RUNNING.value, 0), counts.get(JobStatus.QUEUED.value, 0)
+
+    async def _queue_view(self, conn: AsyncConnection) -> QueueView:
+        rows = (await conn.execute(_QUEUE_ENTRIES)).all()
+        entries = tuple(
+            QueueEntry(
+                id=row.id,
+                user_id=row.user_id,
+                thread_id=row.thread_id,
+                platform=row.platform,
+                status=JobStatus(row.status),
+                created_at=row.created_at,
+                owner=row.owner,
+                lease_until=row.lease_until,
+            )
+            for row in rows
+        )
+        oldest_wait: dict[str, float] = {}
+        for entry in entries:
+            if entry.status is JobStatus.QUEUED and entry.user_id not in oldest_wait:
+                oldest_wait[entry.user_id] = entry.created_at  # rows come oldest first
+        if not oldest_wait:
+            return QueueView(entries)
+        starts = await conn.execute(
+            sa.select(jobs.c.user_id, jobs.c.started_at, jobs.c.finished_at).where(
+                jobs.c.user_id.in_(list(oldest_wait)),
+                jobs.c.started_at.is_not(None),
+                sa.or_(
+                    jobs.c.finished_at.is_(None),
+                    jobs.c.finished_at >= min(oldest_wait.values()),
+                ),
+            )
+        )
+        return QueueView(entries, last_served(starts.tuples().all(), oldest_wait))
 
     # turns ----------------------------------------------------------------------------------
     async def get_turn(self, turn_id: str) -> Turn | None:
@@ -338,15 +595,8 @@ class SqlStore:
 
         Linking a message again points it at the new turn (a message edited in place).
         """
-        insert = self._insert(message_links).values(
-            platform=platform, message_id=message_id, turn_id=turn_id, created_at=now()
-        )
-        statement = insert.on_conflict_do_update(
-            index_elements=[message_links.c.platform, message_links.c.message_id],
-            set_={"turn_id": insert.excluded.turn_id},
-        )
         async with self._write() as conn:
-            await conn.execute(statement)
+            await conn.execute(_link_statement(self, platform, message_id, turn_id))
 
     async def turn_for_message(self, platform: str, message_id: str) -> Turn | None:
         row = await self._row(_TURN_FOR_MESSAGE, platform=platform, message_id=message_id)
@@ -403,6 +653,33 @@ _TURN_FOR_MESSAGE = (
     )
 )
 """Primary-key lookup plus one join: the reply-to-image hot path, built once."""
+
+
+def _link_statement(store: SqlStore, platform: str, message_id: str, turn_id: str) -> sa.Executable:
+    """Index a message (again: a message edited in place points at its new turn)."""
+    insert = store._insert(message_links).values(
+        platform=platform, message_id=message_id, turn_id=turn_id, created_at=now()
+    )
+    return insert.on_conflict_do_update(
+        index_elements=[message_links.c.platform, message_links.c.message_id],
+        set_={"turn_id": insert.excluded.turn_id},
+    )
+
+
+_QUEUE_ENTRIES = (
+    sa.select(
+        jobs.c.id,
+        jobs.c.user_id,
+        jobs.c.thread_id,
+        jobs.c.platform,
+        jobs.c.status,
+        jobs.c.created_at,
+        jobs.c.owner,
+        jobs.c.lease_until,
+    )
+    .where(jobs.c.settled.is_(False))
+    .order_by(jobs.c.created_at, jobs.c.id)
+)
 
 
 def _thread_by_key_query(key: ThreadKey) -> sa.Select[Any]:
@@ -518,6 +795,10 @@ def _job_values(job: Job) -> dict[str, Any]:
         "created_at": job.created_at or now(),
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+        "owner": job.owner,
+        "lease_until": job.lease_until,
+        "settled": job.settled,
+        "cancel_requested": job.cancel_requested,
     }
 
 
@@ -543,4 +824,8 @@ def _job(row: Row[Any]) -> Job:
         created_at=m["created_at"],
         started_at=m["started_at"],
         finished_at=m["finished_at"],
+        owner=m["owner"],
+        lease_until=m["lease_until"],
+        settled=bool(m["settled"]),
+        cancel_requested=bool(m["cancel_requested"]),
     )

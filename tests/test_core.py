@@ -279,7 +279,7 @@ async def test_unfinished_jobs_resume_after_a_restart(db_url: str) -> None:
     assert await second.resume_unfinished() == 1
     delivery = await finished(second, sink)
     assert delivery.job.id == job.id and delivery.turn.prompt == "a comet"
-    assert await store.unfinished_jobs() == []
+    assert await store.unsettled_jobs() == []
     await second.shutdown(0)
     await store.close()
 

@@ -50,7 +50,7 @@ async def test_a_restart_resumes_polling_the_same_gmi_request(tmp_path: Path) ->
         assert [d.job.id for d in sink.deliveries] == [job.id]
         assert sink.deliveries[0].image.data in fake.media.values()
         done = await store.get_job(job.id)
-        assert done is not None and done.status is JobStatus.DONE
+        assert done is not None and done.status is JobStatus.DELIVERED and done.settled
         await second.shutdown(0)
         await provider.aclose()
         await store.close()

@@ -14,6 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.exc import IntegrityError
 
 from bot.models import Image, Job, JobStatus, Thread, ThreadKey, Turn, TurnKind, Usage
+from bot.queue import ClaimRequest, Limits
 from bot.store import Store
 from storage import SqlStore, alembic_config, open_store
 from storage.schema import metadata
@@ -91,6 +92,20 @@ def turn(
     )
 
 
+WORKER = "worker-1"
+
+
+async def claim(store: SqlStore, *job_ids: str, worker: str = WORKER) -> list[str]:
+    """Claim exactly these jobs (as jobs submitted through `worker`), generous caps."""
+    request = ClaimRequest(
+        limits=Limits(concurrency=100, per_user_running=100, per_user_queued=100),
+        platforms=frozenset(),
+        local_ids=frozenset(job_ids),
+        max_run=100,
+    )
+    return [j.id for j in await store.claim_jobs(worker, request)]
+
+
 async def add_turn(
     store: SqlStore,
     thread_id: str,
@@ -102,9 +117,11 @@ async def add_turn(
     """A turn through the real path: job added, running, completed."""
     result = image(turn_id)
     await store.add_job(job(f"job-{turn_id}", thread_id, parent=parent, created_at=created_at))
-    await store.mark_job_running(f"job-{turn_id}", parent)
+    assert await claim(store, f"job-{turn_id}") == [f"job-{turn_id}"]
+    assert await store.start_job(f"job-{turn_id}", WORKER, parent)
     done = turn(turn_id, thread_id, result, parent=parent, created_at=created_at)
-    await store.complete_job(f"job-{turn_id}", done, [result])
+    assert await store.make_job(f"job-{turn_id}", WORKER, done, [result])
+    assert await store.deliver_job(f"job-{turn_id}", WORKER, "discord", None)
     return done
 
 
@@ -173,7 +190,7 @@ async def test_list_threads_newest_activity_first(store: SqlStore) -> None:
     assert await store.list_threads("slack") == []
 
 
-async def test_job_lifecycle_to_completion(store: SqlStore) -> None:
+async def test_job_lifecycle_to_delivery(store: SqlStore) -> None:
     await store.create_thread(thread(1))
     ref = image("reference", "image/jpeg")
     queued = job("job-1", "thread-1", refs=(ref.sha256,))
@@ -181,81 +198,98 @@ async def test_job_lifecycle_to_completion(store: SqlStore) -> None:
 
     assert await store.get_job("job-1") == queued
     assert await store.get_image(ref.sha256) == ref
-    assert await store.unfinished_jobs() == [queued]
+    assert await store.unsettled_jobs() == [queued]
     assert await store.active_job_for_thread("thread-1") == queued
     assert await store.get_job("missing") is None
 
-    await store.mark_job_running("job-1", None)
+    assert await claim(store, "job-1") == ["job-1"]
     running = await store.get_job("job-1")
     assert running is not None
     assert running.status is JobStatus.RUNNING and running.started_at is not None
-    assert await store.unfinished_jobs() == [running]
+    assert running.owner == WORKER and running.lease_until is not None
+    assert await store.unsettled_jobs() == [running]
 
-    await store.set_job_provider_request("job-1", "req-42")
+    assert await store.set_job_provider_request("job-1", WORKER, "req-42")
+    assert not await store.set_job_provider_request("job-1", "someone-else", "req-43")
     running = await store.get_job("job-1")
     assert running is not None and running.provider_request_id == "req-42"
 
     result = image("result")
     done_turn = turn("turn-1", "thread-1", result, refs=(ref.sha256,))
-    await store.complete_job("job-1", done_turn, [result, ref])
+    assert await store.make_job("job-1", WORKER, done_turn, [result, ref])
 
     assert await store.get_turn("turn-1") == done_turn
     assert await store.get_image(result.sha256) == result
-    done = await store.get_job("job-1")
-    assert done is not None
-    assert done.status is JobStatus.DONE and done.turn_id == "turn-1"
-    assert done.finished_at is not None and done.provider_request_id == "req-42"
-    assert await store.unfinished_jobs() == []
-    assert await store.active_job_for_thread("thread-1") is None
+    made = await store.get_job("job-1")
+    assert made is not None
+    assert made.status is JobStatus.MADE and made.turn_id == "turn-1" and not made.settled
+    assert made.finished_at is not None and made.provider_request_id == "req-42"
+    assert await store.active_job_for_thread("thread-1") is None  # the thread may go on
+    assert [j.id for j in await store.unsettled_jobs()] == ["job-1"]  # not posted yet
+
+    assert await store.deliver_job("job-1", WORKER, "discord", "m-1")
+    delivered = await store.get_job("job-1")
+    assert delivered is not None and delivered.status is JobStatus.DELIVERED
+    assert delivered.settled and delivered.owner is None
+    assert await store.turn_for_message("discord", "m-1") == done_turn
+    assert await store.unsettled_jobs() == []
     assert await scalar(store, "SELECT count(*) FROM images") == 2
 
 
-async def test_unfinished_jobs_oldest_first_and_running_parent(store: SqlStore) -> None:
+async def test_unsettled_jobs_oldest_first_and_running_parent(store: SqlStore) -> None:
     await store.create_thread(thread(1))
     root = await add_turn(store, "thread-1", "root")
     await store.add_job(job("late", "thread-1", created_at=20.0))
     await store.add_job(job("early", "thread-1", parent="root", created_at=10.0))
-    assert [j.id for j in await store.unfinished_jobs()] == ["early", "late"]
+    assert [j.id for j in await store.unsettled_jobs()] == ["early", "late"]
     active = await store.active_job_for_thread("thread-1")
     assert active is not None and active.id == "early"
 
-    await store.mark_job_running("late", root.id)  # follow_latest: the parent actually used
-    late = await store.get_job("late")
-    assert late is not None and late.parent_turn_id == "root"
+    assert await claim(store, "early", "late") == ["early"]  # one job per thread
+    assert await store.start_job("early", WORKER, root.id)  # the parent actually used
+    early = await store.get_job("early")
+    assert early is not None and early.parent_turn_id == "root"
 
 
-async def test_finish_job_failed_and_cancelled(store: SqlStore) -> None:
+async def test_failed_and_cancelled_jobs_are_shown_then_settled(store: SqlStore) -> None:
     await store.create_thread(thread(1))
+    await store.create_thread(thread(2))
     await store.add_job(job("bad", "thread-1"))
-    await store.add_job(job("stop", "thread-1"))
-    await store.mark_job_running("bad", None)
+    await store.add_job(job("stop", "thread-2"))
+    assert await claim(store, "bad") == ["bad"]
 
-    await store.finish_job("bad", JobStatus.FAILED, "provider said no")
-    await store.finish_job("stop", JobStatus.CANCELLED)
+    assert not await store.fail_job("bad", "someone-else", JobStatus.FAILED, "x: no")
+    assert await store.fail_job("bad", WORKER, JobStatus.FAILED, "unavailable: provider down")
+    assert await store.cancel_queued_job("stop", WORKER, lease=30)
+    assert not await store.cancel_queued_job("stop", WORKER, lease=30)  # only once
 
     bad, stop = await store.get_job("bad"), await store.get_job("stop")
     assert bad is not None and stop is not None
-    assert (bad.status, bad.error) == (JobStatus.FAILED, "provider said no")
-    assert (stop.status, stop.error) == (JobStatus.CANCELLED, None)
+    assert (bad.status, bad.error) == (JobStatus.FAILED, "unavailable: provider down")
+    assert (stop.status, stop.error) == (JobStatus.CANCELLED, "cancelled: cancelled by user")
     assert bad.finished_at is not None and stop.finished_at is not None
     assert bad.turn_id is None
-    assert await store.unfinished_jobs() == []
+    assert {j.id for j in await store.unsettled_jobs()} == {"bad", "stop"}  # not shown yet
     assert await store.active_job_for_thread("thread-1") is None
 
+    assert await store.settle_job("bad", WORKER) and await store.settle_job("stop", WORKER)
+    assert await store.unsettled_jobs() == []
 
-async def test_complete_job_is_one_transaction(store: SqlStore) -> None:
+
+async def test_make_job_is_one_transaction(store: SqlStore) -> None:
     await store.create_thread(thread(1))
     await store.add_job(job("job-1", "thread-1"))
+    assert await claim(store, "job-1") == ["job-1"]
     result = image("orphan")
     broken = turn("turn-1", "thread-missing", result)  # foreign key fails after the image
 
     with pytest.raises(IntegrityError):
-        await store.complete_job("job-1", broken, [result])
+        await store.make_job("job-1", WORKER, broken, [result])
 
     assert await store.get_image(result.sha256) is None
     assert await store.get_turn("turn-1") is None
     pending = await store.get_job("job-1")
-    assert pending is not None and pending.status is JobStatus.QUEUED
+    assert pending is not None and pending.status is JobStatus.RUNNING
 
 
 async def test_message_links(store: SqlStore) -> None:
@@ -384,30 +418,28 @@ async def test_migrations_match_schema(store: SqlStore) -> None:
 
 
 async def test_concurrent_writers_lose_nothing(store: SqlStore) -> None:
-    await store.create_thread(thread(1))
-    root = await add_turn(store, "thread-1", "root", created_at=1.0)
     shared = image("shared")  # every writer also stores this one: contention on one row
     for n in range(20):
-        await store.add_job(job(f"job-{n}", "thread-1", parent=root.id, created_at=10.0 + n))
+        await store.create_thread(thread(n))
+        await store.add_job(job(f"job-{n}", f"thread-{n}", created_at=10.0 + n))
+    assert len(await claim(store, *(f"job-{n}" for n in range(20)))) == 20
 
     async def write(n: int) -> None:
         result = image(f"result-{n}")
-        done = turn(f"turn-{n}", "thread-1", result, parent=root.id, created_at=100.0 + n)
-        await store.mark_job_running(f"job-{n}", root.id)
-        await store.complete_job(f"job-{n}", done, [shared, result])
+        done = turn(f"turn-{n}", f"thread-{n}", result, created_at=100.0 + n)
+        assert await store.start_job(f"job-{n}", WORKER, None)
+        assert await store.make_job(f"job-{n}", WORKER, done, [shared, result])
+        assert await store.deliver_job(f"job-{n}", WORKER, "discord", f"m-{n}")
 
     await asyncio.gather(*(write(n) for n in range(20)))
 
-    assert await scalar(store, "SELECT count(*) FROM turns WHERE thread_id = 'thread-1'") == 21
+    assert await scalar(store, "SELECT count(*) FROM turns") == 20
     assert (
         await scalar(store, "SELECT count(*) FROM images WHERE sha256 = :s", s=shared.sha256) == 1
     )
-    assert await scalar(store, "SELECT count(*) FROM images") == 22
-    assert await store.unfinished_jobs() == []
-    for n in range(20):
-        assert await store.count_path(f"turn-{n}") == 2
-    latest = await store.latest_turn("thread-1")
-    assert latest is not None and latest.id == "turn-19"
+    assert await scalar(store, "SELECT count(*) FROM images") == 21
+    assert await store.unsettled_jobs() == []
+    assert await scalar(store, "SELECT count(*) FROM message_links") == 20
 
 
 async def test_reopen_keeps_everything(store: SqlStore, database_url: str) -> None:
@@ -426,7 +458,7 @@ async def test_reopen_keeps_everything(store: SqlStore, database_url: str) -> No
         assert await reopened.get_thread("thread-1") == created
         assert await reopened.thread_by_key(created.key) == created
         assert await reopened.get_image(ref.sha256) == ref
-        assert await reopened.unfinished_jobs() == [queued]
+        assert await reopened.unsettled_jobs() == [queued]
         assert await reopened.turn_path("child", 10) == [root, child]
         assert await reopened.turn_for_message("discord", "m-1") == child
         assert await reopened.latest_turn("thread-1") == child
