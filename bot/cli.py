@@ -22,7 +22,7 @@ from bot.config import Settings, SettingsError, StartupError, load_settings
 from bot.core import ImagineBot
 from bot.logs import setup_logging
 from bot.providers import build_provider
-from bot.scheduler import Limits
+from bot.queue import Limits
 
 log = logging.getLogger("imagine-bot")
 
@@ -109,6 +109,9 @@ async def open_core(settings: Settings) -> AsyncIterator[ImagineBot]:
         ),
         history_turns=settings.history_turns,
         default_aspect_ratio=settings.default_aspect_ratio,
+        job_timeout=settings.job_timeout,
+        lease=settings.job_lease,
+        poll=settings.job_poll,
     )
     try:
         await core.start()

@@ -37,6 +37,12 @@ MAX_RESPONSE_BYTES = 48 * 1024 * 1024
 """Largest provider answer we read: a few 1K PNGs in base64 fit many times over."""
 
 
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+"""Methods whose repetition changes nothing at the provider (RFC 9110 §9.2.2)."""
+
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+"""Failures before a request left this machine: trying again can never charge twice."""
+
 ErrorMapper = Callable[[httpx.Response, Any], ImagineError]
 """Turns a non-retryable error answer (status, parsed body or None) into a user error."""
 
@@ -188,14 +194,20 @@ async def request_json(
     map_error: ErrorMapper = default_error,
     limit: int = MAX_RESPONSE_BYTES,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    idempotent: bool | None = None,
 ) -> Any:
     """Send a request with bounded retries and return the parsed JSON body.
 
-    Retried: 429 (waiting Retry-After when it is short), 5xx, timeouts, connection errors.
+    Retried: 429 (waiting Retry-After when it is short), 5xx, connection failures, and —
+    for idempotent requests only (GET by default) — timeouts and broken answers. A POST
+    that was sent and then timed out may be generating (and billing) already, so it is
+    not sent again: the user gets the timeout message and may retry knowingly.
     Not retried: every other 4xx, including safety refusals. The final failure is mapped to
     the user-facing error by `map_error`. Each attempt as a whole is bounded by
     `attempt_timeout(client)`.
     """
+    if idempotent is None:
+        idempotent = method.upper() in IDEMPOTENT_METHODS
     content = None if json_body is None else await encode_json(json_body)  # once, for all tries
     headers = None if content is None else {"Content-Type": "application/json"}
     last: ImagineError = ProviderUnavailable(detail="no attempt made")
@@ -207,10 +219,16 @@ async def request_json(
                     raw = await read_limited(response, limit)
         except TimeoutError:
             last = ProviderTimeout(detail=f"{method} {url}: no full answer in time")
+            if not idempotent:
+                raise last from None
         except httpx.TimeoutException as exc:
             last = ProviderTimeout(detail=f"{method} {url}: {type(exc).__name__}")
+            if not idempotent and not isinstance(exc, NOT_SENT):
+                raise last from None
         except httpx.TransportError as exc:
             last = ProviderUnavailable(detail=f"{method} {url}: {type(exc).__name__}: {exc}")
+            if not idempotent and not isinstance(exc, NOT_SENT):
+                raise last from None
         else:
             if response.is_success:
                 return await parse_json(raw)

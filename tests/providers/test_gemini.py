@@ -427,7 +427,7 @@ async def test_500_then_success(server: FakeGemini, provider: GeminiProvider) ->
     assert len(server.requests) == 2
 
 
-async def test_a_slow_provider_times_out_after_retries(server: FakeGemini) -> None:
+async def test_a_slow_generate_times_out_and_is_not_sent_again(server: FakeGemini) -> None:
     policy = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
     p = GeminiProvider(KEY, server.base_url, policy=policy, timeout=0.2)
     server.script(*[Reply(200, answer([image_part(server.image)]), delay=3.0)] * 2)
@@ -436,7 +436,7 @@ async def test_a_slow_provider_times_out_after_retries(server: FakeGemini) -> No
             await within(p.generate(request()))
     finally:
         await p.aclose()
-    assert len(server.requests) == 2
+    assert len(server.requests) == 1  # it may be generating (and billing) already
     assert caught.value.user_message == ProviderTimeout().user_message
     assert (
         caught.value.user_message == "The image provider took too long to answer. Please try again."

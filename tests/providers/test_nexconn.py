@@ -373,7 +373,7 @@ async def test_500_every_time_is_unavailable_after_exactly_the_policys_attempts(
     )
 
 
-async def test_a_slow_provider_times_out_after_retries(server: FakeNexconn) -> None:
+async def test_a_slow_generate_times_out_and_is_not_sent_again(server: FakeNexconn) -> None:
     policy = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
     p = NexconnProvider(KEY, server.base_url, policy=policy, timeout=0.2)
     server.script(*[Reply(200, images_answer(server.image), delay=3.0)] * 2)
@@ -382,7 +382,7 @@ async def test_a_slow_provider_times_out_after_retries(server: FakeNexconn) -> N
             await within(p.generate(ImageRequest("x", "1:1", MODEL)))
     finally:
         await p.aclose()
-    assert len(server.requests) == 2
+    assert len(server.requests) == 1  # it may be generating (and billing) already
     assert caught.value.user_message == ProviderTimeout().user_message
     assert (
         caught.value.user_message == "The image provider took too long to answer. Please try again."
