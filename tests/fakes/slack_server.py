@@ -85,6 +85,10 @@ class FakeSlack:
         self.acks: list[dict[str, Any]] = []
         self.hosted: dict[str, bytes] = {}
         self.files_read_scope = True
+        self.uploads_open = asyncio.Event()
+        self.uploads_open.set()
+        """Clear it to hold every file upload until it is set again."""
+        self.upload_attempts = 0
         self.post_errors: dict[str, str] = {}
         """channel → error that chat.postMessage answers there (e.g. `not_in_channel`)."""
         self.base_url = ""
@@ -296,7 +300,11 @@ class FakeSlack:
         return {"ok": False, "error": "file_not_found"}
 
     async def _upload(self, request: web.Request) -> web.Response:
-        self.uploads[request.match_info["file_id"]] = await request.read()
+        data = await request.read()
+        self.upload_attempts += 1
+        await self._changed_now()
+        await self.uploads_open.wait()  # a test may hold uploads (a crash mid-delivery)
+        self.uploads[request.match_info["file_id"]] = data
         await self._changed_now()
         return web.Response(text=f"OK - {len(self.uploads[request.match_info['file_id']])}")
 
