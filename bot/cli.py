@@ -161,8 +161,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
                 started.append(adapter)  # closed below even if its start fails half-way
                 await adapter.start()
             resumed = await core.resume_unfinished()
-            if resumed:
-                log.info("resumed %d unfinished job(s)", resumed)
+            log.info(
+                "worker %s serves the job queue; took %d job(s) at start", core.worker.id, resumed
+            )
             # Start-up objects (libraries, caches) live forever: keep them out of the
             # collector's full passes, which otherwise pause the loop ~100 ms under load.
             gc.collect()

@@ -30,6 +30,7 @@ from bot.errors import (
     InternalError,
     NotAllowed,
     ProviderTimeout,
+    ProviderUnavailable,
     ShuttingDown,
     UnknownTurn,
     UserQueueFull,
@@ -538,6 +539,10 @@ class ImagineBot:
             await self.store.set_job_provider_request(job.id, worker, request_id)
 
         try:
+            if job.provider_request_id and job.provider != self.provider.name:
+                raise ProviderUnavailable(
+                    detail=f"job {job.id} was submitted to {job.provider}, now {self.provider.name}"
+                )
             parent_id = await self._resolve_parent(job)
             if not await self.store.start_job(job.id, worker, parent_id):
                 return  # another worker holds it now

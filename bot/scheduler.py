@@ -239,13 +239,18 @@ class Worker:
 
     async def _renew(self) -> None:
         self._next_renewal = time.monotonic() + self.lease / 3
+        before = set(self._tasks)
         held = await self.store.renew_leases(self.id, self.lease)
-        for job_id in list(self._tasks):
-            if job_id not in held:
-                log.warning("job %s was taken over by another process; dropping it", job_id)
-                self.stop(job_id, StopReason.LOST)
-            elif held[job_id]:
-                self.stop(job_id, StopReason.USER)
+        for job_id in before & set(self._tasks):
+            if job_id in held:
+                if held[job_id]:
+                    self.stop(job_id, StopReason.USER)
+                continue
+            job = await self.store.get_job(job_id)
+            if job is not None and job.settled:
+                continue  # it finished meanwhile: its task is returning
+            log.warning("job %s was taken over by another process; dropping it", job_id)
+            self.stop(job_id, StopReason.LOST)
 
     def _check_idle(self) -> None:
         if not self._tasks and not self._local:
