@@ -2,49 +2,33 @@
 
 Adapters turn platform events into the requests below and hand over a `ReplySink` bound to
 where the answers go (like slack-bolt's `say`). The core validates, records the job before
-anything runs (durable before visible), lets the scheduler run it, builds the provider
-request from the thread's tree of turns, stores the result in one transaction and only
-then asks the sink to show it.
+anything runs (durable before visible) and puts it in the shared queue; a worker claims it
+(`bot.scheduler`) and a runner does the rest (`bot.runner`), in this process or another.
 
 - `imagine` starts a new thread;
 - `edit` continues a thread from its latest turn, or from an older turn (a branch);
-- `reroll` runs a turn's prompt again on the same parent;
-- the provider gets the path root → parent, capped, with a note to the user when cut.
+- `reroll` runs a turn's prompt again on the same parent; `retry` a failed job again;
+- `cancel` stops a job whichever process holds it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
-from typing import Protocol
 
 from bot.errors import (
-    BadApiKey,
     Cancelled,
-    ImagineError,
-    InternalError,
     NotAllowed,
-    ProviderTimeout,
-    ProviderUnavailable,
     ShuttingDown,
     UnknownTurn,
     UserQueueFull,
-    error_record,
-    restore_error,
 )
 from bot.inputs import check_reference_count, clean_prompt, parse_aspect_ratio
 from bot.models import (
     DEFAULT_ASPECT_RATIO,
     JSON,
-    HistoryTurn,
     Image,
-    ImageRequest,
-    ImageResult,
     Job,
     JobStatus,
     Thread,
@@ -54,10 +38,25 @@ from bot.models import (
     new_id,
     now,
 )
-from bot.providers.base import Provider, ProviderCall
-from bot.queue import Limits, positions
+from bot.progress import ProgressBoard
+from bot.providers.base import Provider
+from bot.queue import Limits
+from bot.runner import JobRunner, history_note, safe_fail
 from bot.scheduler import StopReason, Worker
+from bot.sinks import Delivery, Phase, Progress, ReplySink, SinkFactory
 from bot.store import Store
+
+__all__ = [
+    "Delivery",
+    "EditRequest",
+    "ImagineBot",
+    "ImagineRequest",
+    "Phase",
+    "Progress",
+    "ReplySink",
+    "SinkFactory",
+    "history_note",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,6 @@ DEFAULT_HISTORY_TURNS = 8
 EVENT_MEMORY = 24 * 3600
 """Seconds a platform event id is remembered for deduplication (Slack retries within
 minutes); older ones are dropped at start-up so the table does not grow forever."""
-PROGRESS_SLICES = 10
-"""The progress ticker wakes this many times per interval, each time sending a share."""
-RESUME_BUDGET = 10.0
-"""Seconds a job taken over past its deadline still gets: one look at a stored request."""
 
 
 # --- what adapters send in -----------------------------------------------------------------
@@ -99,54 +94,6 @@ class EditRequest:
     destination: JSON = None
 
 
-# --- what the core sends out ---------------------------------------------------------------
-
-
-class Phase(StrEnum):
-    QUEUED = "queued"
-    GENERATING = "generating"
-    UPLOADING = "uploading"
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    job: Job
-    phase: Phase
-    position: int | None = None
-    """1-based place in the queue while queued."""
-    elapsed: float = 0.0
-    """Seconds since the job started generating."""
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    job: Job
-    turn: Turn
-    image: Image
-    notes: tuple[str, ...] = ()
-    """User-facing warnings, e.g. that older turns were left out of the model's context."""
-
-
-class ReplySink(Protocol):
-    """Where the answers to one job go. Implemented by each adapter."""
-
-    async def progress(self, update: Progress) -> None: ...
-
-    async def deliver(self, delivery: Delivery) -> str | None:
-        """Show the image; return the platform id of the message showing it, to index."""
-        ...
-
-    async def fail(self, job: Job | None, error: ImagineError) -> None: ...
-
-
-SinkFactory = Callable[[Job], ReplySink]
-"""Rebuilds a sink from a stored job's destination, for jobs resumed after a restart."""
-
-
-def history_note(kept: int) -> str:
-    return f"This thread is long, so only its last {kept} images were sent to the model as context."
-
-
 @dataclass(frozen=True, slots=True)
 class _Target:
     """Where an edit starts: a finished turn, or (turn_id None) a thread's pending image."""
@@ -154,20 +101,6 @@ class _Target:
     thread_id: str
     turn_id: str | None
     aspect_ratio: str
-
-
-@dataclass
-class _Live:
-    """A job the core is watching: its sink and what the user was last shown."""
-
-    job: Job
-    sink: ReplySink
-    started: float | None = None
-    shown_position: int | None = None
-    sending: bool = False
-    last_sent: float = float("-inf")
-    """When the last background update went out (monotonic): at most one per interval."""
-    """A progress update is in flight: skip ticks rather than pile up slow edits."""
 
 
 class ImagineBot:
@@ -190,18 +123,21 @@ class ImagineBot:
         self.provider = provider
         self.model = model
         self.limits = limits
-        self.job_timeout = job_timeout
-        """Seconds a job may spend at the provider in all, every retry included."""
-        self.worker = Worker(store, limits, self._work, lease=lease, poll=poll)
-        self.history_turns = history_turns
         self.default_aspect_ratio = default_aspect_ratio
-        self.progress_interval = progress_interval
-        self.progress_rate = progress_rate
-        """Progress updates per second across all jobs (Discord allows a bot 50 requests/s)."""
-        self._live: dict[str, _Live] = {}
+        self.worker = Worker(store, limits, self._run_claimed, lease=lease, poll=poll)
+        self.board = ProgressBoard(
+            store, self.worker, interval=progress_interval, rate=progress_rate
+        )
+        self.runner = JobRunner(
+            store,
+            provider,
+            self.worker,
+            self.board,
+            self._sink_for,
+            history_turns=history_turns,
+            job_timeout=job_timeout,
+        )
         self._sink_factories: dict[str, SinkFactory] = {}
-        self._ticker: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -216,8 +152,7 @@ class ImagineBot:
         if forgotten:
             log.info("forgot %d platform event id(s) older than a day", forgotten)
         await self.worker.start()
-        if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="progress")
+        self.board.start()
 
     async def resume_unfinished(self) -> int:
         """Serve the shared queue for every registered platform (call once the adapters
@@ -228,11 +163,7 @@ class ImagineBot:
     async def shutdown(self, grace: float) -> list[str]:
         """Stop taking work; running jobs get `grace` s; the rest are handed over."""
         left = await self.worker.drain(grace)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        await self.board.stop()
         if left:
             log.info("left %d unfinished job(s) to other processes or the next start", len(left))
         return left
@@ -367,17 +298,17 @@ class ImagineBot:
             raise UnknownTurn()
         if job.user_id != user_id and not moderator:
             raise NotAllowed()
-        live = self._live.get(job_id)
+        live = self.board.live.get(job_id)
         at_provider = live is not None and not live.job.status.finished
         if at_provider and self.worker.stop(job_id, StopReason.USER):
             return True  # its task records the cancellation and tells the user
         if await self.store.cancel_queued_job(job_id, self.worker.id, self.worker.lease):
             self.worker.forget(job_id)
             sink = await self._sink_for(job)
-            self._live.pop(job_id, None)
+            self.board.forget(job_id)
             cancelled = replace(job, status=JobStatus.CANCELLED)
             if sink is not None:
-                await self._safe_fail(sink, cancelled, Cancelled())
+                await safe_fail(sink, cancelled, Cancelled())
                 await self.store.settle_job(job_id, self.worker.id)
             return True
         # at the provider in another process: its worker cancels it within a poll
@@ -393,7 +324,7 @@ class ImagineBot:
         """
         if not self.worker.accepting:
             raise ShuttingDown()
-        mine = sum(1 for live in self._live.values() if live.job.user_id == user_id)
+        mine = self.board.count_for(user_id)
         if mine >= self.limits.per_user_running + self.limits.per_user_queued:
             raise UserQueueFull(mine)
 
@@ -491,306 +422,24 @@ class ImagineBot:
 
     async def _submit(self, job: Job, sink: ReplySink, references: Sequence[Image] = ()) -> None:
         """Record the job (durable before visible) and let the queue take it."""
-        await self.store.add_job(job, references, max_queued=self.limits.per_user_queued)
+        live = self.board.watch(job, sink)  # first: a worker may claim it at once
+        try:
+            await self.store.add_job(job, references, max_queued=self.limits.per_user_queued)
+        except BaseException:
+            self.board.forget(job.id)
+            raise
         await self.worker.start()  # idempotent: a core used without `start` still runs jobs
-        live = self._live[job.id] = _Live(job=job, sink=sink)
-        if await self.worker.submit(job.id):
-            return  # claimed at once: the user sees it generating, not queued
-        position = positions(await self.store.queue_view()).get(job.id)
-        if position is not None and self.worker.is_local(job.id):
-            live.shown_position = position  # its first place is shown at once; moves come
-            self._post(live, Progress(job, Phase.QUEUED, position=position))  # with ticks
+        if not await self.worker.submit(job.id):  # claimed at once: it shows as generating
+            await self.board.show_place(live)
+
+    async def _run_claimed(self, job: Job) -> None:
+        await self.runner.run(job)
 
     async def _sink_for(self, job: Job) -> ReplySink | None:
         """The sink of a job accepted here, or one rebuilt from its stored destination."""
-        live = self._live.get(job.id)
+        live = self.board.live.get(job.id)
         if live is not None:
             return live.sink
         thread = await self.store.get_thread(job.thread_id)
         factory = self._sink_factories.get(thread.key.platform) if thread else None
         return factory(job) if factory is not None else None
-
-    async def _work(self, job: Job) -> None:
-        """Do what is left of a claimed job's life: generate, deliver, or report."""
-        sink = await self._sink_for(job)
-        if sink is None:  # claims only take jobs of registered platforms or local ones
-            log.error("job %s has no platform to answer on here", job.id)
-            return
-        live = self._live[job.id] = _Live(job=job, sink=sink)
-        try:
-            if job.status is JobStatus.MADE:
-                await self._deliver_made(live)
-            elif job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                await self._report(live, restore_error(job.error))
-            else:
-                if job.started_at is not None and job.provider_request_id is not None:
-                    log.info("taking over job %s at the provider", job.id)
-                await self._generate(live)
-        finally:
-            self._live.pop(job.id, None)
-
-    async def _generate(self, live: _Live) -> None:
-        job = live.job
-        start = live.started = time.monotonic()
-        deadline = (job.started_at or now()) + self.job_timeout
-        worker = self.worker.id
-
-        async def submitted(request_id: str) -> None:
-            await self.store.set_job_provider_request(job.id, worker, request_id)
-
-        try:
-            if job.provider_request_id and job.provider != self.provider.name:
-                raise ProviderUnavailable(
-                    detail=f"job {job.id} was submitted to {job.provider}, now {self.provider.name}"
-                )
-            parent_id = await self._resolve_parent(job)
-            if not await self.store.start_job(job.id, worker, parent_id):
-                return  # another worker holds it now
-            job = live.job = replace(job, status=JobStatus.RUNNING, parent_turn_id=parent_id)
-            await self._safe_progress(live.sink, Progress(job, Phase.GENERATING))
-            request, notes = await self._build_request(job)
-            try:
-                async with asyncio.timeout(max(deadline - now(), RESUME_BUDGET)):
-                    result = await self.provider.generate(
-                        request,
-                        ProviderCall(resume_id=job.provider_request_id, on_submitted=submitted),
-                    )
-            except TimeoutError:
-                raise ProviderTimeout(
-                    detail=f"no image within IMAGINE_JOB_TIMEOUT={self.job_timeout:g}s"
-                ) from None
-            turn = self._new_turn(job, result, time.monotonic() - start)
-            if not await self.store.make_job(job.id, worker, turn, result.images):
-                return
-        except asyncio.CancelledError:
-            if self.worker.stop_reason(job.id) is StopReason.USER:
-                await asyncio.shield(self._fail(live, JobStatus.CANCELLED, Cancelled()))
-            raise
-        except ImagineError as error:
-            if isinstance(error, BadApiKey):  # users were told an admin must act: tell them
-                log.error(
-                    "the %s provider refused the API key; check its *_API_KEY setting (%s)",
-                    job.provider,
-                    error.detail,
-                )
-            else:
-                log.warning("job %s failed: %s", job.id, error)
-            await self._fail(live, JobStatus.FAILED, error)
-            return
-        except Exception as exc:
-            log.exception("job %s failed unexpectedly", job.id)
-            await self._fail(live, JobStatus.FAILED, InternalError(detail=repr(exc)))
-            return
-        live.job = replace(job, status=JobStatus.MADE, turn_id=turn.id)
-        await self._deliver(live, turn, result.image, notes)
-
-    async def _deliver_made(self, live: _Live) -> None:
-        """An image made by a worker that died before posting it: post it from the store."""
-        job = live.job
-        turn = await self.store.get_turn(job.turn_id or "")
-        if turn is None:
-            await self._fail(live, JobStatus.FAILED, InternalError(detail="made turn vanished"))
-            return
-        log.info("delivering job %s made by another process", job.id)
-        notes = await self._history_notes(job.parent_turn_id)
-        await self._deliver(live, turn, await self._image(turn.result_sha), notes)
-
-    async def _deliver(self, live: _Live, turn: Turn, image: Image, notes: tuple[str, ...]) -> None:
-        job = live.job
-        elapsed = time.monotonic() - live.started if live.started is not None else 0.0
-        await self._safe_progress(live.sink, Progress(job, Phase.UPLOADING, elapsed=elapsed))
-        try:
-            message_id = await live.sink.deliver(Delivery(job, turn, image, notes))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("delivering job %s failed", job.id)
-            await self._fail(live, JobStatus.FAILED, InternalError(detail="delivery failed"))
-            return
-        thread = await self.store.get_thread(job.thread_id)
-        platform = thread.key.platform if thread is not None else ""
-        await self.store.deliver_job(job.id, self.worker.id, platform, message_id)
-
-    async def _fail(self, live: _Live, status: JobStatus, error: ImagineError) -> None:
-        """Record a failure or cancellation, then show it (durable before visible)."""
-        record = error_record(error)
-        if not await self.store.fail_job(live.job.id, self.worker.id, status, record):
-            return  # taken over: the new owner decides what the user sees
-        live.job = replace(live.job, status=status, error=record)
-        await self._report(live, error)
-
-    async def _report(self, live: _Live, error: ImagineError) -> None:
-        await self._safe_fail(live.sink, live.job, error)
-        await self.store.settle_job(live.job.id, self.worker.id)
-
-    async def _resolve_parent(self, job: Job) -> str | None:
-        parent = job.parent_turn_id
-        if job.follow_latest:
-            latest = await self.store.latest_turn(job.thread_id)
-            parent = latest.id if latest is not None else parent
-        if parent is None and job.kind is TurnKind.EDIT:
-            raise UnknownTurn(detail="the image this edit waited for was never made")
-        return parent
-
-    async def _build_request(self, job: Job) -> tuple[ImageRequest, tuple[str, ...]]:
-        references = tuple([await self._image(sha) for sha in job.reference_shas])
-        history: list[HistoryTurn] = []
-        notes: tuple[str, ...] = ()
-        if job.parent_turn_id is not None:
-            path = await self.store.turn_path(job.parent_turn_id, self.history_turns)
-            if not path:
-                raise UnknownTurn(detail=f"parent {job.parent_turn_id} vanished")
-            for turn in path:
-                history.append(
-                    HistoryTurn(
-                        prompt=turn.prompt,
-                        references=tuple([await self._image(s) for s in turn.reference_shas]),
-                        result=await self._image(turn.result_sha),
-                        text=turn.text,
-                        provider=turn.provider,
-                        provider_state=turn.provider_state,
-                    )
-                )
-            notes = await self._history_notes(job.parent_turn_id)
-        request = ImageRequest(
-            prompt=job.prompt,
-            aspect_ratio=job.aspect_ratio,
-            model=job.model,
-            references=references,
-            history=tuple(history),
-        )
-        return request, notes
-
-    async def _image(self, sha: str) -> Image:
-        image = await self.store.get_image(sha)
-        if image is None:
-            raise UnknownTurn(detail=f"image {sha} missing from the store")
-        return image
-
-    async def _history_notes(self, parent_turn_id: str | None) -> tuple[str, ...]:
-        """The note that older turns were left out of the model's context, if they were."""
-        if parent_turn_id is None:
-            return ()
-        if await self.store.count_path(parent_turn_id) > self.history_turns:
-            return (history_note(self.history_turns),)
-        return ()
-
-    def _new_turn(self, job: Job, result: ImageResult, duration: float) -> Turn:
-        if not result.images:
-            raise InternalError(detail="provider returned a result without images")
-        return Turn(
-            id=new_id(),
-            thread_id=job.thread_id,
-            parent_id=job.parent_turn_id,
-            user_id=job.user_id,
-            kind=job.kind,
-            prompt=job.prompt,
-            reference_shas=job.reference_shas,
-            result_sha=result.image.sha256,
-            text=result.text,
-            aspect_ratio=job.aspect_ratio,
-            provider=job.provider,
-            model=job.model,
-            provider_state=result.provider_state,
-            usage=result.usage,
-            created_at=now(),
-            duration_s=round(duration, 3),
-        )
-
-    async def _safe_progress(self, sink: ReplySink, update: Progress) -> None:
-        try:
-            await sink.progress(update)
-        except Exception:
-            log.warning("progress update for job %s failed", update.job.id, exc_info=True)
-
-    async def _safe_fail(self, sink: ReplySink, job: Job | None, error: ImagineError) -> None:
-        try:
-            await sink.fail(job, error)
-        except Exception:
-            log.exception("reporting an error to the user failed")
-
-    def _may_post(self, live: _Live) -> bool:
-        """Not while an update is in flight, and not more than once per interval: a queue of
-        a hundred moves every time a job starts, and platforms rate-limit message edits.
-        Skipped positions are caught up by the next tick."""
-        return (
-            not live.sending and time.monotonic() - live.last_sent >= self.progress_interval * 0.95
-        )
-
-    def _post(self, live: _Live, update: Progress) -> None:
-        """Send a progress update in the background, one at a time per job."""
-        if live.sending:
-            return
-        live.sending = True
-        live.last_sent = time.monotonic()
-
-        async def send() -> None:
-            try:
-                await self._safe_progress(live.sink, update)
-            finally:
-                live.sending = False
-
-        task = asyncio.get_running_loop().create_task(send())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _tick(self) -> None:
-        """Progress, spread over each interval in slices and capped by `progress_rate`.
-
-        Firing every job's update at the same instant made one loop iteration run for
-        hundreds of milliseconds with 200 jobs live (BENCHMARKS.md), and Discord allows a
-        bot 50 requests a second in all. Running jobs go first, then the front of the queue.
-        Queue positions come from the shared queue, read at most once per interval.
-        """
-        pause = self.progress_interval / PROGRESS_SLICES
-        budget = max(1, round(self.progress_rate * pause))
-        places: dict[str, int] = {}
-        read_at = float("-inf")
-        while True:
-            await asyncio.sleep(pause)
-            try:
-                if time.monotonic() - read_at >= self.progress_interval:
-                    read_at = time.monotonic()
-                    places = await self._queue_places()
-                self._send_due_progress(budget, places)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("progress pass failed", exc_info=True)
-
-    async def _queue_places(self) -> dict[str, int]:
-        """Places in the shared queue of the jobs accepted here; a job that left the queue
-        without this process (another one took it, or it was cancelled) is let go here."""
-        waiting = [job_id for job_id in self._live if self.worker.is_local(job_id)]
-        if not waiting:
-            return {}
-        places = positions(await self.store.queue_view())
-        for job_id in waiting:
-            if job_id in places or not self.worker.is_local(job_id):
-                continue
-            job = await self.store.get_job(job_id)
-            if job is None or job.owner != self.worker.id:
-                self.worker.forget(job_id)
-                if not self.worker.holds(job_id):
-                    self._live.pop(job_id, None)
-        return places
-
-    def _send_due_progress(self, budget: int, places: dict[str, int]) -> None:
-        clock = time.monotonic()
-        due: list[tuple[tuple[int, float], _Live, Progress]] = []
-        for live in self._live.values():
-            if not self._may_post(live):
-                continue
-            if live.job.status is JobStatus.RUNNING and live.started is not None:
-                update = Progress(live.job, Phase.GENERATING, elapsed=clock - live.started)
-                due.append(((0, live.last_sent), live, update))
-                continue
-            position = places.get(live.job.id) if self.worker.is_local(live.job.id) else None
-            if position is not None and position != live.shown_position:
-                update = Progress(live.job, Phase.QUEUED, position=position)
-                due.append(((position, live.last_sent), live, update))
-        due.sort(key=lambda entry: entry[0])
-        for _, live, update in due[:budget]:
-            if update.phase is Phase.QUEUED:
-                live.shown_position = update.position
-            self._post(live, update)
