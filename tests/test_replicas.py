@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -24,7 +25,7 @@ import pytest
 from aiohttp import web
 
 from bot.errors import ProviderTimeout
-from tests.adapters.slack.conftest import SECRET, command_form, signed
+from tests.adapters.slack.conftest import SECRET, action_ids, block_action, command_form, signed
 from tests.conftest import bot_env, fresh_database
 from tests.fakes.nexconn_server import FakeNexconn
 from tests.fakes.slack_server import FakeSlack, Message
@@ -65,10 +66,16 @@ class BotProcess:
     log: Path
 
     async def command(self, slack: FakeSlack, text: str, rid: str) -> None:
-        form = {
-            k: v.replace("{base}", slack.base_url) for k, v in command_form(text, rid=rid).items()
-        }
-        body = urlencode(form)
+        form = command_form(text, rid=rid)
+        await self._post(
+            urlencode({k: v.replace("{base}", slack.base_url) for k, v in form.items()})
+        )
+
+    async def interactive(self, slack: FakeSlack, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload).replace("{base}", slack.base_url)
+        await self._post(urlencode({"payload": text}))
+
+    async def _post(self, body: str) -> None:
         headers = {"Content-Type": "application/x-www-form-urlencoded", **signed(body)}
         url = f"http://127.0.0.1:{self.port}/slack/events"
         async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as r:
@@ -261,3 +268,25 @@ async def test_a_provider_that_never_answers_gets_the_timeout_message(
     assert nexconn.prompts == Counter({"a very slow sunrise": 1})  # not sent again
     log = await bot.stop()
     assert bot.process.returncode == 0, log
+
+
+async def test_cancel_pressed_on_another_replica_stops_the_job(
+    slack: FakeSlack, nexconn: CountingNexconn, start_bot: Start, postgres_url: str
+) -> None:
+    nexconn.latency = 60.0
+    holder = await start_bot(postgres_url)
+    await holder.command(slack, "a very slow painting", rid="r1")
+    await slack.wait_for(lambda: nexconn.active == 1, timeout=20)  # at the provider
+    other = await start_bot(postgres_url)
+    root = await slack.wait_for(lambda: root_for(slack, "a very slow painting"), timeout=5)
+    await slack.wait_for(lambda: "imagine:cancel" in action_ids(root), timeout=10)
+    job_id = next(e["value"] for b in root.blocks if b["type"] == "actions" for e in b["elements"])
+    await other.interactive(
+        slack, block_action("imagine:cancel", job_id, user="U1", message_ts=root.ts)
+    )
+    await slack.wait_for(lambda: "Cancelled." in root.text, timeout=10)
+    await slack.wait_for(lambda: nexconn.active == 0, timeout=5)  # the call was dropped
+    assert slack.uploads_in(root.ts) == []
+    for bot in (holder, other):
+        log = await bot.stop()
+        assert bot.process.returncode == 0 and "Traceback" not in log, log
