@@ -6,6 +6,12 @@ messages over the gateway and answer them: interaction callbacks (`?with_respons
 request is recorded with its JSON (or multipart `payload_json`) and uploaded file bytes, in
 arrival order, so a test asserts what a user would see. JSON answers carry exactly
 `Content-Type: application/json` (with a charset discord.py reads them as text and fails).
+
+The gateway takes any number of connections at once (one per shard, from one process or
+several) and records each IDENTIFY, `shard` field included. As Discord does, a shard's READY
+lists only the guilds of that shard (`(guild_id >> 22) % shard_count`), and an event goes to
+the connection of its guild's shard (DMs to shard 0); a test can also send one event to a
+chosen shard or to every connection (two processes that run the same shard by mistake).
 """
 
 from __future__ import annotations
@@ -94,6 +100,18 @@ class _Blob:
     content_type: str
 
 
+@dataclass(eq=False)
+class _Connection:
+    ws: web.WebSocketResponse
+    shard: tuple[int, int] | None = None
+    """[shard_id, shard_count] from its IDENTIFY; None before it (or when not sharded)."""
+
+
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """The shard Discord sends a guild's events on; DMs go to shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
+
+
 @dataclass
 class FakeDiscord:
     token: str = "fake-bot-token"
@@ -106,6 +124,9 @@ class FakeDiscord:
         self.bot = User(self.app_id, "imagine-bot", bot=True)
         self.calls: list[Call] = []
         self.identifies: list[dict[str, Any]] = []
+        """Every IDENTIFY's `d`, in arrival order (its `shard` is [shard_id, shard_count])."""
+        self.recommended_shards = 1
+        """What `GET /gateway/bot` recommends (discord.py's automatic sharding uses it)."""
         self.messages: dict[int, dict[str, Any]] = {}
         self.allowed_intents = -1
         """Intents the application may use; others get close code 4014, as when Message
@@ -120,7 +141,7 @@ class FakeDiscord:
         self._blobs: dict[str, _Blob] = {}
         self._interactions: dict[str, dict[str, Any]] = {}
         self._originals: dict[str, int] = {}
-        self._sockets: list[web.WebSocketResponse] = []
+        self._connections: list[_Connection] = []
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -144,8 +165,8 @@ class FakeDiscord:
         return self
 
     async def close(self) -> None:
-        for ws in list(self._sockets):
-            await ws.close()
+        for connection in list(self._connections):
+            await connection.ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -319,11 +340,43 @@ class FakeDiscord:
         self.messages[int(message["id"])] = message
         return message
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Push a gateway event to the bot (the most recent connection)."""
+    @property
+    def shards(self) -> list[tuple[int, int] | None]:
+        """The shard of every open gateway connection, in the order they connected."""
+        return [connection.shard for connection in self._connections]
+
+    async def dispatch(
+        self,
+        event: str,
+        data: dict[str, Any],
+        *,
+        shard: int | None = None,
+        everywhere: bool = False,
+    ) -> None:
+        """Push a gateway event to the bot: to the connection of its guild's shard (as
+        Discord does; the most recent connection when none is sharded), to the connection
+        of `shard`, or, with `everywhere`, to every open connection."""
         if data.get("token"):
             self._interactions[data["token"]] = data
-        await self._send(event, data)
+        targets = list(self._connections) if everywhere else [self._route(data, shard)]
+        if not targets:
+            raise RuntimeError("no gateway connection")
+        for connection in targets:
+            await self._send(event, data, connection.ws)
+
+    def _route(self, data: dict[str, Any], shard: int | None) -> _Connection:
+        sharded = [(c, c.shard) for c in self._connections if c.shard is not None]
+        if shard is None and sharded:
+            guild = data.get("guild_id")
+            shard = shard_of(int(guild) if guild else None, sharded[-1][1][1])
+        if shard is not None:
+            for connection, (shard_id, _) in reversed(sharded):
+                if shard_id == shard:
+                    return connection
+            raise RuntimeError(f"no gateway connection runs shard {shard}")
+        if not self._connections:
+            raise RuntimeError("no gateway connection")
+        return self._connections[-1]
 
     async def wait_for(
         self, predicate: Callable[[Call], bool], *, timeout: float = 10.0, start: int = 0
@@ -337,9 +390,10 @@ class FakeDiscord:
                 self._changed.clear()
                 await self._changed.wait()
 
-    async def wait_identify(self, timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_identify(self, timeout: float = 10.0, *, count: int = 1) -> dict[str, Any]:
+        """The latest IDENTIFY, once at least `count` have arrived."""
         async with asyncio.timeout(timeout):
-            while not self.identifies:
+            while len(self.identifies) < count:
                 self._changed.clear()
                 await self._changed.wait()
         return self.identifies[-1]
@@ -376,6 +430,19 @@ class FakeDiscord:
             return _json(self.bot.payload())
         if parts[:3] == ["oauth2", "applications", "@me"]:
             return _json(self._app_info())
+        if parts == ["gateway", "bot"] and method == "GET":
+            return _json(
+                {
+                    "url": self.gateway_url,
+                    "shards": self.recommended_shards,
+                    "session_start_limit": {
+                        "total": 1000,
+                        "remaining": 999,
+                        "reset_after": 0,
+                        "max_concurrency": 1,
+                    },
+                }
+            )
         if parts[0] == "applications" and parts[-1] == "commands" and method == "PUT":
             extra = {"application_id": str(self.app_id), "version": "1", "description": ""}
             if len(parts) == 5:
@@ -547,7 +614,8 @@ class FakeDiscord:
     async def _gateway(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        self._sockets.append(ws)
+        connection = _Connection(ws)
+        self._connections.append(connection)
         await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}))
         try:
             async for frame in ws:
@@ -557,26 +625,37 @@ class FakeDiscord:
                 if message["op"] == 1:
                     await ws.send_str(json.dumps({"op": 11}))
                 elif message["op"] == 2:
-                    self.identifies.append(message["d"])
+                    identify = message["d"]
+                    self.identifies.append(identify)
+                    shard = identify.get("shard")
+                    if shard is not None:
+                        connection.shard = (int(shard[0]), int(shard[1]))
                     self._changed.set()
-                    if message["d"]["intents"] & ~self.allowed_intents:
+                    if identify["intents"] & ~self.allowed_intents:
                         await ws.close(code=4014, message=b"Disallowed intent(s).")
                         break
-                    await self._ready(ws)
+                    await self._ready(connection)
         finally:
-            self._sockets.remove(ws)
+            self._connections.remove(connection)
         return ws
 
-    async def _ready(self, ws: web.WebSocketResponse) -> None:
-        ready = {
+    async def _ready(self, connection: _Connection) -> None:
+        ws = connection.ws
+        shard = connection.shard
+        ours = shard is None or shard_of(self.guild_id, shard[1]) == shard[0]
+        ready: dict[str, Any] = {
             "v": 10,
             "user": self.bot.payload(),
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
-            "session_id": "fake-session",
+            "guilds": [{"id": str(self.guild_id), "unavailable": True}] if ours else [],
+            "session_id": f"fake-session-{next(self._ids)}",
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.app_id), "flags": 0},
         }
+        if shard is not None:
+            ready["shard"] = list(shard)
         await self._send("READY", ready, ws)
+        if not ours:
+            return
         guild = {
             "id": str(self.guild_id),
             "name": "Test guild",
@@ -613,14 +692,9 @@ class FakeDiscord:
         }
         await self._send("GUILD_CREATE", guild, ws)
 
-    async def _send(
-        self, event: str, data: dict[str, Any], ws: web.WebSocketResponse | None = None
-    ) -> None:
-        target = ws or (self._sockets[-1] if self._sockets else None)
-        if target is None:
-            raise RuntimeError("no gateway connection")
+    async def _send(self, event: str, data: dict[str, Any], ws: web.WebSocketResponse) -> None:
         frame = {"op": 0, "s": next(self._seq), "t": event, "d": data}
-        await target.send_str(json.dumps(frame))
+        await ws.send_str(json.dumps(frame))
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
