@@ -59,6 +59,10 @@ class _ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(
     ) -> _ActionButton:
         return cls(match["id"])
 
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        """A click acts once across processes; a duplicate is left to the one that took it."""
+        return await runtime_of(interaction.client).claim_interaction(interaction)
+
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await runtime_of(interaction.client).run_action(self.action, interaction, self.target)
 

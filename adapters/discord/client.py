@@ -1,8 +1,20 @@
 """The Discord client and the adapter the composition root starts and stops.
 
 `DiscordAdapter.start` points discord.py at the configured REST base and gateway, logs in,
-connects in a background task, waits for READY, syncs the slash commands and logs the
-invite link. Start-up failures become one clear line (`DiscordStartError`).
+connects its gateway shards in a background task, waits until every one is READY, syncs
+the slash commands and logs the invite link. Start-up failures become one clear line
+(`DiscordStartError`).
+
+Sharding: the client is always discord.py's `AutoShardedClient`. `DISCORD_SHARD_COUNT` and
+`DISCORD_SHARD_IDS` choose the shards this process runs, so replicas split the gateway
+(process A runs shard 0 of 2, process B shard 1 of 2); without them the process runs every
+shard of the count Discord recommends (`GET /gateway/bot`; 1 below 2,500 servers).
+
+Events act once: every interaction and every message we would act on is claimed by its id
+in the store first (`Runtime.claim_interaction` / `claim_message`: the command tree's
+`interaction_check`, the buttons' `interaction_check`, modal submits in `on_interaction`,
+replies in `replies.on_message`), so two processes that were given the same shard by
+mistake still answer once.
 """
 
 from __future__ import annotations
@@ -10,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -28,7 +41,7 @@ from .buttons import DYNAMIC_ITEMS
 from .commands import submit_image_modal
 from .convert import EDIT_MODAL, NEW_MODAL, PLATFORM, invite_url, parse_custom_id
 from .respond import report
-from .runtime import RUNTIME_ATTRIBUTE, Runtime
+from .runtime import RUNTIME_ATTRIBUTE, Runtime, runtime_of
 from .sink import sink_factory
 
 log = logging.getLogger(__name__)
@@ -58,8 +71,28 @@ def configure_endpoints(api_base: str | None, gateway_url: str | None) -> None:
     DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url) if gateway_url else LIBRARY_GATEWAY
 
 
-class ImagineClient(discord.Client):
-    def __init__(self, *, guild_ready_timeout: float = 2.0) -> None:
+class ClaimingTree(app_commands.CommandTree["ImagineClient"]):
+    """Slash commands and context menus act once across processes: a duplicate is not
+    answered at all (the process that claimed it answers)."""
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        return await runtime_of(self.client).claim_interaction(interaction)
+
+
+class ImagineClient(discord.AutoShardedClient):
+    """The shards this process runs: `shard_ids` of `shard_count`; all of them when no ids
+    are given; the count Discord recommends when none is given (resolved before connecting,
+    see `DiscordAdapter`)."""
+
+    def __init__(
+        self,
+        *,
+        guild_ready_timeout: float = 2.0,
+        shard_count: int | None = None,
+        shard_ids: Sequence[int] = (),
+    ) -> None:
+        # discord.py wants no `shard_ids` at all (not an empty list) for "every shard"
+        only: dict[str, Any] = {"shard_ids": list(shard_ids)} if shard_ids else {}
         super().__init__(
             intents=intents(),
             allowed_mentions=discord.AllowedMentions(
@@ -68,9 +101,16 @@ class ImagineClient(discord.Client):
             guild_ready_timeout=guild_ready_timeout,
             chunk_guilds_at_startup=False,
             max_messages=None,
+            shard_count=shard_count,
+            **only,
         )
-        self.tree: app_commands.CommandTree[ImagineClient] = app_commands.CommandTree(self)
+        self.tree: ClaimingTree = ClaimingTree(self)
         self.tree.on_error = self._on_tree_error  # type: ignore[method-assign]
+
+    @property
+    def runs_shard_zero(self) -> bool:
+        """Shard 0 is the one every deployment has exactly one of (and the one DMs use)."""
+        return not self.shard_ids or 0 in self.shard_ids
 
     @property
     def runtime(self) -> Runtime:
@@ -85,12 +125,15 @@ class ImagineClient(discord.Client):
         await replies.on_message(self.runtime, message)
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
-        """Modal submits, by custom id: independent of modal objects kept in memory."""
+        """Modal submits, by custom id: independent of modal objects kept in memory.
+        (Commands and buttons are claimed by their own `interaction_check`.)"""
         if interaction.type is not discord.InteractionType.modal_submit:
             return
         data: Any = interaction.data or {}
         parsed = parse_custom_id(str(data.get("custom_id") or ""))
-        if parsed is None:
+        if parsed is None or parsed.action not in (NEW_MODAL, EDIT_MODAL):
+            return
+        if not await self.runtime.claim_interaction(interaction):
             return
         if parsed.action == NEW_MODAL:
             await submit_image_modal(self.runtime, interaction, parsed.target)
@@ -117,7 +160,11 @@ class DiscordAdapter:
     ) -> None:
         self.core = core
         self.settings = settings
-        self.client = ImagineClient(guild_ready_timeout=guild_ready_timeout)
+        self.client = ImagineClient(
+            guild_ready_timeout=guild_ready_timeout,
+            shard_count=settings.discord_shard_count,
+            shard_ids=settings.shard_ids,
+        )
         self.runtime = Runtime(core=core, client=self.client, actions=dict(ACTIONS))
         setattr(self.client, RUNTIME_ATTRIBUTE, self.runtime)
         commands.install(self.client.tree, self.runtime)
@@ -125,6 +172,7 @@ class DiscordAdapter:
         self.invite_url: str | None = None
         self._ready_timeout = ready_timeout
         self._gateway: asyncio.Task[None] | None = None
+        self._logged_in = False
 
     async def start(self) -> None:
         token = (
@@ -149,7 +197,8 @@ class DiscordAdapter:
 
     async def close(self) -> None:
         self.runtime.ready.clear()
-        if not self.client.is_closed():
+        if self._logged_in and not self.client.is_closed():
+            # (an AutoShardedClient that never began to log in has nothing to close)
             await self.client.close()
         if self._gateway is not None:
             if not self._gateway.done():
@@ -164,15 +213,33 @@ class DiscordAdapter:
     # --- internals --------------------------------------------------------------------------
 
     async def _connect(self, token: str) -> None:
+        self._logged_in = True
         try:
             await self.client.login(token)
+            if self.client.shard_count is None:
+                # What discord.py's automatic sharding asks, minus the gateway URL it
+                # returns: the shards then connect to DISCORD_GATEWAY_URL when it is set.
+                count, _, _ = await self.client.http.get_bot_gateway()
+                self.client.shard_count = count
         except discord.LoginFailure:
             raise DiscordStartError(
                 "DISCORD_TOKEN was refused by Discord: copy the bot token again from the "
                 "developer portal (Bot → Reset Token)"
             ) from None
-        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+        except (
+            discord.HTTPException,
+            discord.GatewayNotFound,
+            aiohttp.ClientError,
+            OSError,
+        ) as exc:
             raise DiscordStartError(f"could not reach the Discord API: {exc}") from None
+        shards = self.client.shard_ids or range(self.client.shard_count)
+        log.info(
+            "Discord: connecting shard%s %s of %d",
+            "" if len(shards) == 1 else "s",
+            ", ".join(map(str, shards)),
+            self.client.shard_count,
+        )
         self._gateway = asyncio.create_task(
             self.client.connect(reconnect=True), name="discord-gateway"
         )
@@ -196,6 +263,18 @@ class DiscordAdapter:
         )
 
     async def _sync_commands(self) -> None:
+        """Only the process that runs shard 0 syncs the commands.
+
+        A sync is an idempotent bulk overwrite (PUT), so two replicas syncing at once do no
+        harm beyond rate-limit noise; but with one syncer a deployment of N replicas makes
+        one sync instead of N, and during a rolling deploy an old replica that restarts on
+        another shard cannot put back its old command set. Commands are global (or per
+        configured guild), never per shard, so which process syncs does not matter as long
+        as exactly one does: the one with shard 0, which every deployment runs once.
+        """
+        if not self.client.runs_shard_zero:
+            log.info("Discord: commands are synced by the process that runs shard 0")
+            return
         tree = self.client.tree
         guild_ids = self.settings.guild_ids
         if not guild_ids:

@@ -310,6 +310,6 @@ def message_destination(message: discord.Message) -> Destination:
     return Destination(
         channel_id=message.channel.id,
         user_id=message.author.id,
-        guild_id=message.guild.id if message.guild else None,
+        guild_id=message.guild.id if message.guild else getattr(message.channel, "guild_id", None),
         reply_to=message.id,
     )

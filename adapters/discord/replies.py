@@ -4,7 +4,8 @@ The reply's text is the instruction and its attachments (up to three) are new re
 images. Replying to an older image of a thread branches from it — the core finds the turn
 by message id. Messages from bots (ourselves included), replies to anyone else's messages
 and plain chatter are ignored without touching the database when Discord already told us
-who wrote the referenced message.
+who wrote the referenced message. A message this process would act on is claimed by its id
+first (one insert), so a message delivered to two processes is acted on by one of them.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ async def on_message(runtime: Runtime, message: discord.Message) -> None:
     turn = await _turn_of(runtime, message, target)
     if turn is None:
         resolved = message.reference.resolved if message.reference else None
-        if isinstance(resolved, discord.Message) and resolved.attachments:
+        an_image = isinstance(resolved, discord.Message) and bool(resolved.attachments)
+        if an_image and await runtime.claim_message(message):
             await _reply(message, error_text(UnknownTurn(detail=f"message {target}")))
         return
     instruction = strip_mention(message.content, bot_id)
     if not instruction and not message.attachments:
+        return
+    if not await runtime.claim_message(message):
         return
     refs = [AttachmentRef.of(a) for a in message.attachments]
     try:

@@ -7,6 +7,7 @@ buttons rebuilt from a custom id after a restart find the same core.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,8 +17,14 @@ import discord
 
 from bot.core import ImagineBot
 
+from .convert import PLATFORM
+
+log = logging.getLogger(__name__)
+
 RUNTIME_ATTRIBUTE = "imagine_runtime"
 READY_TIMEOUT = 60.0
+CLAIM_BUDGET = 1.5
+"""Seconds claiming an event may take before the handler acts anyway (3 s deadline)."""
 
 ActionHandler = Callable[["Runtime", discord.Interaction, str], Awaitable[None]]
 """Handles one button or modal action for a target id (turn, job, channel:message)."""
@@ -53,6 +60,40 @@ class Runtime:
         """Resumed jobs may finish before the gateway is up: wait for it, not forever."""
         async with asyncio.timeout(READY_TIMEOUT):
             await self.ready.wait()
+
+    async def claim_interaction(self, interaction: discord.Interaction) -> bool:
+        """Whether this process answers `interaction`: False when another process sharing
+        the database took it first, and then it must not be answered at all."""
+        return await self._claim("interaction", interaction.id)
+
+    async def claim_message(self, message: discord.Message) -> bool:
+        """Whether this process acts on `message` (a reply to one of our images)."""
+        return await self._claim("message", message.id)
+
+    async def _claim(self, kind: str, event_id: int) -> bool:
+        """One insert into the store's event table, shared by every process on the database.
+
+        Discord delivers an event once per shard connection, so a duplicate means two
+        processes run the same shard (a misconfiguration): say so. A store that fails or
+        is slow does not cost the user an answer: the event is acted on (the claim only
+        guards against that misconfiguration, and the action reports its own errors).
+        """
+        try:
+            async with asyncio.timeout(CLAIM_BUDGET):
+                first = await self.core.claim_event(PLATFORM, f"{kind}:{event_id}")
+        except Exception:
+            log.warning(
+                "could not claim Discord %s %s; acting on it", kind, event_id, exc_info=True
+            )
+            return True
+        if not first:
+            log.warning(
+                "Discord %s %s was already taken by another process: do two processes run "
+                "the same DISCORD_SHARD_IDS?",
+                kind,
+                event_id,
+            )
+        return first
 
     def remember_targets(self, key: str, refs: tuple[AttachmentRef, ...]) -> None:
         self.targets[key] = refs

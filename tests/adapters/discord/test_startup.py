@@ -25,6 +25,7 @@ async def test_identify_asks_for_message_content_and_commands_sync_to_the_test_g
 ) -> None:
     identify = await fake.wait_identify()
     assert identify["token"] == fake.token
+    assert identify["shard"] == [0, 1]  # no DISCORD_SHARD_COUNT: what Discord recommends
     intents = identify["intents"]
     for bit in (INTENT_GUILDS, INTENT_GUILD_MESSAGES, INTENT_DM_MESSAGES, INTENT_MESSAGE_CONTENT):
         assert intents & bit
