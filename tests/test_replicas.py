@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 
@@ -168,6 +169,18 @@ async def start_bot(
             await bot.process.wait()
 
 
+async def recorded_jobs(database_url: str, count: int) -> None:
+    """Wait until the processes have recorded `count` jobs: the ack of a Slack command
+    comes first (3 s deadline), the record some milliseconds later."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        async with asyncio.timeout(20):
+            while await connection.fetchval("SELECT count(*) FROM jobs") < count:
+                await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+
+
 def root_for(slack: FakeSlack, prompt: str) -> Message | None:
     return next((m for m in slack.roots("C1") if prompt in m.text), None)
 
@@ -185,9 +198,10 @@ async def test_two_processes_share_the_work_and_a_kill_loses_nothing(
 ) -> None:
     first = await start_bot(postgres_url)
     second = await start_bot(postgres_url)
-    prompts = [f"lighthouse number {n}" for n in range(12)]
+    prompts = [f"lighthouse {n} at dusk" for n in range(12)]
     for n, prompt in enumerate(prompts):
         await (first if n % 2 == 0 else second).command(slack, prompt, rid=f"r{n}")
+    await recorded_jobs(postgres_url, len(prompts))  # acknowledged is not yet recorded
     await slack.wait_for(lambda: sum(nexconn.prompts.values()) >= 2, timeout=20)
 
     first.kill()  # mid-run: it holds jobs at the provider and in the queue
