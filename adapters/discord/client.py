@@ -172,7 +172,7 @@ class DiscordAdapter:
         self.invite_url: str | None = None
         self._ready_timeout = ready_timeout
         self._gateway: asyncio.Task[None] | None = None
-        self._logged_in = False
+        self._login_started = False
 
     async def start(self) -> None:
         token = (
@@ -197,7 +197,7 @@ class DiscordAdapter:
 
     async def close(self) -> None:
         self.runtime.ready.clear()
-        if self._logged_in and not self.client.is_closed():
+        if self._login_started and not self.client.is_closed():
             # (an AutoShardedClient that never began to log in has nothing to close)
             await self.client.close()
         if self._gateway is not None:
@@ -213,7 +213,7 @@ class DiscordAdapter:
     # --- internals --------------------------------------------------------------------------
 
     async def _connect(self, token: str) -> None:
-        self._logged_in = True
+        self._login_started = True
         try:
             await self.client.login(token)
             if self.client.shard_count is None:
