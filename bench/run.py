@@ -43,6 +43,14 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gmi": ("bench.gmi_polling", ("GMI polls and detection delay",)),
     "store": ("bench.store_lookup", ("store: turn lookup by message id",)),
     "fairness": ("bench.fairness", ("fairness: a second user's start delay",)),
+    "replicas": (
+        "bench.replicas",
+        (
+            "makespan and provider concurrency, two processes on PostgreSQL",
+            "kill -9 of one of two processes: takeover time",
+        ),
+    ),
+    "claims": ("bench.claims", ("claim overhead per job, SQLite and PostgreSQL",)),
 }
 
 
