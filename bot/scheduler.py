@@ -181,9 +181,12 @@ class Worker:
 
     async def _serve(self) -> None:
         while True:
-            timeout = max(0.0, min(self.poll, self._next_renewal - time.monotonic()))
+            timeout = max(0.001, min(self.poll, self._next_renewal - time.monotonic()))
+            # asyncio.timeout, not wait_for: on 3.11 a cancel racing wait_for's own
+            # timeout can leave the task waiting for ever (drain would then hang)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
             self._wakeup.clear()
             try:
                 await self._claim()
