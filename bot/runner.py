@@ -117,7 +117,9 @@ class JobRunner:
                     detail=f"job {job.id} was submitted to {job.provider}, now {self.provider.name}"
                 )
             parent_id = await self._resolve_parent(job)
-            if not await self.store.start_job(job.id, worker, parent_id):
+            if parent_id != job.parent_turn_id and not await self.store.start_job(
+                job.id, worker, parent_id
+            ):
                 return  # another worker holds it now
             job = live.job = replace(job, status=JobStatus.RUNNING, parent_turn_id=parent_id)
             await safe_progress(live.sink, Progress(job, Phase.GENERATING))

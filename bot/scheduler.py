@@ -74,6 +74,7 @@ class Worker:
         self._loop: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], Awaitable[None]] | None = None
         self._next_renewal = 0.0
+        self._handover_pass = float("-inf")
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -208,11 +209,19 @@ class Worker:
     async def _claim_once(self) -> list[Job]:
         if not self._accepting or not (self._local or self._takeover):
             return []
+        free = max(0, self.limits.concurrency - len(self._at_provider))
+        if not free:
+            # Nothing can start here: only a dead worker's made or failed jobs could be
+            # taken, and looking for those once per poll is enough (a burst of submissions
+            # or notifications must not turn into a burst of claim transactions).
+            if time.monotonic() - self._handover_pass < self.poll:
+                return []
+            self._handover_pass = time.monotonic()
         request = ClaimRequest(
             limits=self.limits,
             platforms=frozenset(self._platforms) if self._takeover else frozenset(),
             local_ids=frozenset(self._local),
-            max_run=max(0, self.limits.concurrency - len(self._at_provider)),
+            max_run=free,
             lease=self.lease,
         )
         jobs = await self.store.claim_jobs(self.id, request)

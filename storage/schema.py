@@ -103,7 +103,7 @@ jobs = sa.Table(
     sa.Index(None, "status"),
     sa.Index(None, "thread_id"),
     sa.Index(None, "settled"),
-    sa.Index(None, "user_id", "finished_at"),
+    sa.Index(None, "finished_at"),
 )
 """The queue: unsettled rows (`settled` false) are what workers claim; `owner` and
 `lease_until` say who holds one and until when."""

@@ -540,16 +540,7 @@ class SqlStore:
                 oldest_wait[entry.user_id] = entry.created_at  # rows come oldest first
         if not oldest_wait:
             return QueueView(entries)
-        starts = await conn.execute(
-            sa.select(jobs.c.user_id, jobs.c.started_at, jobs.c.finished_at).where(
-                jobs.c.user_id.in_(list(oldest_wait)),
-                jobs.c.started_at.is_not(None),
-                sa.or_(
-                    jobs.c.finished_at.is_(None),
-                    jobs.c.finished_at >= min(oldest_wait.values()),
-                ),
-            )
-        )
+        starts = await conn.execute(_RECENT_STARTS, {"since": min(oldest_wait.values())})
         return QueueView(entries, last_served(starts.tuples().all(), oldest_wait))
 
     # turns ----------------------------------------------------------------------------------
@@ -680,6 +671,16 @@ _QUEUE_ENTRIES = (
     .where(jobs.c.settled.is_(False))
     .order_by(jobs.c.created_at, jobs.c.id)
 )
+
+
+_RECENT_STARTS = sa.select(jobs.c.user_id, jobs.c.started_at, jobs.c.finished_at).where(
+    sa.or_(
+        sa.and_(jobs.c.settled.is_(False), jobs.c.started_at.is_not(None)),
+        jobs.c.finished_at >= sa.bindparam("since"),
+    )
+)
+"""Starts that may count for the round-robin: jobs still open, or finished since the
+oldest wait began (both indexed, so the table's history is never scanned)."""
 
 
 def _thread_by_key_query(key: ThreadKey) -> sa.Select[Any]:

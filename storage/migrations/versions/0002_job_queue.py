@@ -44,12 +44,12 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.alter_column("platform", server_default=None)
         batch.create_index("ix_jobs_settled", ["settled"])
-        batch.create_index("ix_jobs_user_id_finished_at", ["user_id", "finished_at"])
+        batch.create_index("ix_jobs_finished_at", ["finished_at"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_index("ix_jobs_user_id_finished_at")
+        batch.drop_index("ix_jobs_finished_at")
         batch.drop_index("ix_jobs_settled")
         for column in ("cancel_requested", "settled", "lease_until", "owner", "platform"):
             batch.drop_column(column)
