@@ -96,8 +96,8 @@ class JobRunner:
             elif job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 await self._report(live, restore_error(job.error))
             else:
-                if job.started_at is not None and job.provider_request_id is not None:
-                    log.info("taking over job %s at the provider", job.id)
+                if job.provider_request_id is not None:
+                    log.info("resuming job %s: polling its stored provider request", job.id)
                 await self._generate(live)
         finally:
             self.board.forget(job.id)
