@@ -8,6 +8,7 @@ the in-process write lock SQLite needs because it allows a single writer.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -97,6 +98,43 @@ def _upgrade_head(connection: Connection, config: Config) -> None:
     command.upgrade(config, "head")
 
 
+class WriteGate:
+    """SQLite's single writer, queued inside the process: first come, first served, except
+    that urgent writers (acknowledgement paths) go before everyone still waiting."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def hold(self, *, urgent: bool = False) -> AsyncIterator[None]:
+        if self._held:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            (self._urgent if urgent else self._normal).append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._pass_on()  # handed the gate just as it was cancelled
+                raise
+        else:
+            self._held = True
+        try:
+            yield
+        finally:
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        for waiting in (self._urgent, self._normal):
+            while waiting:
+                turn = waiting.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # still held: ownership moves to that waiter
+                    return
+        self._held = False
+
+
 class SqlStore:
     """`bot.store.Store` over one async engine. Create it with `storage.open_store`."""
 
@@ -105,7 +143,7 @@ class SqlStore:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite has one writer per file; queueing our own writers here means they wait
         # on the event loop, never on "database is locked". PostgreSQL locks rows itself.
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self._write_lock: WriteGate | None = WriteGate() if self.is_sqlite else None
         # Every read below is a single SELECT: on SQLite it needs no explicit transaction.
         self._reader = engine.execution_options(**{_NO_BEGIN: True}) if self.is_sqlite else engine
 
@@ -121,13 +159,15 @@ class SqlStore:
 
     # plumbing -------------------------------------------------------------------------------
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction, committed on success and rolled back on error."""
+    async def _write(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
+        """One write transaction, committed on success and rolled back on error.
+
+        `urgent` writes (on a platform's acknowledgement path) go before waiting ones."""
         if self._write_lock is None:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self._write_lock, self.engine.connect() as conn:
+        async with self._write_lock.hold(urgent=urgent), self.engine.connect() as conn:
             await conn.execution_options(**{_IMMEDIATE: True})
             async with conn.begin():
                 yield conn
@@ -603,14 +643,19 @@ class SqlStore:
 
     # deduplication --------------------------------------------------------------------------
     async def claim_event(self, platform: str, event_id: str) -> bool:
-        """True the first time an event id is seen (Slack retries), False afterwards."""
+        """True the first time an event id is seen (Slack retries), False afterwards.
+
+        Adapters claim before they acknowledge, so this must not queue behind the
+        process's other writers (a burst of jobs): on SQLite it goes before every waiting
+        writer, after the one transaction writing at that moment.
+        """
         statement = (
             self._insert(events)
             .values(platform=platform, event_id=event_id, created_at=now())
             .on_conflict_do_nothing()
             .returning(events.c.event_id)
         )
-        async with self._write() as conn:
+        async with self._write(urgent=True) as conn:
             return (await conn.execute(statement)).first() is not None
 
     async def forget_events(self, before: float) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,29 @@ async def test_sqlite_relative_path_is_relative_to_the_working_directory(
     finally:
         await store.close()
     assert (tmp_path / "data" / "imagine-bot.db").is_file()
+
+
+async def test_the_sqlite_write_gate_serves_urgent_writers_first() -> None:
+    """An acknowledgement path's write (an event claim) does not wait behind a burst."""
+    from storage.sql import WriteGate
+
+    gate = WriteGate()
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def write(name: str, *, urgent: bool = False, hold: bool = False) -> None:
+        async with gate.hold(urgent=urgent):
+            order.append(name)
+            if hold:
+                await release.wait()
+
+    first = asyncio.create_task(write("first", hold=True))
+    await asyncio.sleep(0)
+    burst = [asyncio.create_task(write(f"job-{n}")) for n in range(3)]
+    cancelled = asyncio.create_task(write("gone"))
+    claim = asyncio.create_task(write("claim", urgent=True))
+    await asyncio.sleep(0)
+    cancelled.cancel()  # a waiter that gives up never blocks the ones behind it
+    release.set()
+    await asyncio.gather(first, claim, *burst, return_exceptions=True)
+    assert order == ["first", "claim", "job-0", "job-1", "job-2"]
