@@ -408,3 +408,97 @@ async def test_the_providers_own_reference_limit_is_enforced(
         )
     assert refused.value.user_message == "You attached 2 images; at most 1 can be used at once."
     assert provider.requests == []
+
+
+async def _held_by_a_dead_process(store: Store, prompt: str) -> tuple[str, str]:
+    """A job some earlier process claimed (lease 0.1 s) before it died: (job id, worker)."""
+    from bot.models import Job, Thread, TurnKind
+    from bot.queue import ClaimRequest
+
+    thread = await store.create_thread(Thread(new_id(), key(), "alice", prompt, 1.0))
+    job = Job(
+        id=new_id(),
+        thread_id=thread.id,
+        user_id="alice",
+        kind=TurnKind.IMAGINE,
+        prompt=prompt,
+        reference_shas=(),
+        aspect_ratio="1:1",
+        parent_turn_id=None,
+        follow_latest=False,
+        destination=None,
+        provider="recording",
+        model="m",
+    )
+    await store.add_job(job)
+    request = ClaimRequest(Limits(), frozenset(), frozenset({job.id}), max_run=1, lease=0.1)
+    assert [j.id for j in await store.claim_jobs("dead", request)] == [job.id]
+    return job.id, "dead"
+
+
+async def test_a_failure_recorded_before_a_crash_is_shown_by_the_next_process(
+    sqlite_store: Store, provider: RecordingProvider
+) -> None:
+    from bot.errors import error_record
+
+    job_id, dead = await _held_by_a_dead_process(sqlite_store, "a storm")
+    assert await sqlite_store.fail_job(
+        job_id, dead, JobStatus.FAILED, error_record(RateLimited(30))
+    )
+    await asyncio.sleep(0.2)  # its lease lapses
+
+    core = ImagineBot(sqlite_store, provider, model="m")
+    await core.start()
+    sink = CollectingSink()
+    core.register_platform("test", lambda _job: sink)
+    assert await core.resume_unfinished() == 1
+    await asyncio.wait_for(core.idle(), 10)
+    assert sink.errors == [RateLimited(30).user_message]  # its own sentence, once
+    assert provider.requests == []
+    shown = await sqlite_store.get_job(job_id)
+    assert shown is not None and shown.settled and shown.status is JobStatus.FAILED
+    await core.shutdown(0)
+
+
+async def test_an_image_made_before_a_crash_is_posted_without_a_provider_call(
+    sqlite_store: Store, provider: RecordingProvider
+) -> None:
+    from bot.models import Turn, TurnKind, Usage
+
+    job_id, dead = await _held_by_a_dead_process(sqlite_store, "a lighthouse")
+    job = await sqlite_store.get_job(job_id)
+    assert job is not None
+    made = Image.of(b"\x89PNG\r\n\x1a\n made by the dead process")
+    turn = Turn(
+        id=new_id(),
+        thread_id=job.thread_id,
+        parent_id=None,
+        user_id="alice",
+        kind=TurnKind.IMAGINE,
+        prompt="a lighthouse",
+        reference_shas=(),
+        result_sha=made.sha256,
+        text="",
+        aspect_ratio="1:1",
+        provider="recording",
+        model="m",
+        provider_state=None,
+        usage=Usage(),
+        created_at=2.0,
+        duration_s=1.0,
+    )
+    assert await sqlite_store.make_job(job_id, dead, turn, [made])
+    await asyncio.sleep(0.2)
+
+    core = ImagineBot(sqlite_store, provider, model="m")
+    await core.start()
+    sink = CollectingSink()
+    core.register_platform("test", lambda _job: sink)
+    await core.resume_unfinished()
+    await asyncio.wait_for(core.idle(), 10)
+    assert [d.image.data for d in sink.deliveries] == [made.data]
+    assert provider.requests == []  # posted from the store, never made again
+    assert await core.turn_for_message("test", f"msg-{turn.id}") == turn  # indexed
+    delivered = await sqlite_store.get_job(job_id)
+    assert delivered is not None and delivered.status is JobStatus.DELIVERED
+    await core.shutdown(0)
