@@ -270,3 +270,20 @@ async def test_the_waiting_cap_is_exact_under_concurrent_admissions(
 
 def _fields(job: Job) -> dict[str, object]:
     return {name: getattr(job, name) for name in Job.__slots__}  # type: ignore[attr-defined]
+
+
+async def test_other_processes_hear_of_new_work_at_once_where_the_engine_can_tell(
+    store: SqlStore, open_more: Opener
+) -> None:
+    other = await open_more()
+    woken = asyncio.Event()
+    stop = await other.listen(woken.set)
+    if store.is_sqlite:
+        assert stop is None  # SQLite cannot tell: workers poll
+        return
+    assert stop is not None
+    try:
+        await Queue(store).add("j", "alice")  # committed in another process's transaction
+        await asyncio.wait_for(woken.wait(), 5)
+    finally:
+        await stop()
