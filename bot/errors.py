@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from bot.redact import redact
+
 MAX_REFERENCE_IMAGES = 3
 MAX_IMAGE_BYTES = 7 * 1024 * 1024
 MAX_PROMPT_CHARS = 2000
@@ -30,9 +32,12 @@ class ImagineError(Exception):
     code: str = "error"
 
     def __init__(self, user_message: str, *, detail: str | None = None) -> None:
-        super().__init__(detail or user_message)
+        # Masked here, once: the sentence reaches chat and the jobs table, the detail the
+        # log, and a provider's error may quote our request back (keys and all).
+        user_message, detail = redact(user_message), redact(detail or user_message)
+        super().__init__(detail)
         self.user_message = user_message
-        self.detail = detail or user_message
+        self.detail = detail
 
     def __str__(self) -> str:  # the log line
         return f"{type(self).__name__}: {self.detail}"

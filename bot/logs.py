@@ -1,4 +1,4 @@
-"""Logging set-up: text or JSON lines, and a filter that masks every configured secret."""
+"""Logging set-up: text or JSON lines, and a filter that masks secrets in every line."""
 
 from __future__ import annotations
 
@@ -7,27 +7,23 @@ import logging
 import sys
 from collections.abc import Iterable
 
+from bot.redact import redact, register
+
 
 class SecretFilter(logging.Filter):
-    """Replace secret values wherever they appear in a record's final message."""
+    """Mask secrets wherever they appear in a record's final message (`bot.redact`)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
-
-    def mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, secret[:4] + "…[redacted]")
-        return text
+        register(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = self.mask(record.getMessage())
-            record.msg, record.args = message, None
-            if record.exc_info and not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            if record.exc_text:
-                record.exc_text = self.mask(record.exc_text)
+        message = redact(record.getMessage())
+        record.msg, record.args = message, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
         return True
 
 

@@ -237,4 +237,4 @@ def test_secrets_are_masked_in_logs(caplog: pytest.LogCaptureFixture) -> None:
     stream = handler.stream
     assert isinstance(stream, io.StringIO)
     assert "very-secret" not in stream.getvalue()
-    assert "xoxb…[redacted]" in stream.getvalue()
+    assert "calling Slack with [redacted]" in stream.getvalue()
