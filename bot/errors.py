@@ -13,6 +13,8 @@ from bot.redact import redact
 MAX_REFERENCE_IMAGES = 3
 MAX_IMAGE_BYTES = 7 * 1024 * 1024
 MAX_PROMPT_CHARS = 2000
+MAX_IMAGE_PIXELS = 50_000_000
+"""Pixels one reference image may have once decoded (an 8-bit RGBA one takes 4 bytes each)."""
 SUPPORTED_MIME_TYPES = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")
 
 
@@ -119,6 +121,16 @@ class InvalidProviderResponse(ImagineError):
         )
 
 
+class BrokenImage(ImagineError):
+    """The answer held image bytes that do not decode whole (cut short, corrupt, a bomb)."""
+
+    code = "broken_image"
+    retryable = True
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__("The image provider sent a broken image. Please try again.", detail=detail)
+
+
 class BadApiKey(ImagineError):
     """The key was refused: the user learns an admin must act; the log says what failed."""
 
@@ -141,6 +153,35 @@ class ProviderRejected(ImagineError):
         message = "The image provider rejected this request"
         message += f": {_trim(reason, 200)}" if reason.strip() else "."
         super().__init__(message, detail=detail)
+
+
+class ModelRefused(ImagineError):
+    """The model declined for a reason that holds on every retry (recitation of existing
+    work, a blocklist, prohibited content, personal data, an operator's filter): not the
+    safety filter, which `SafetyBlocked` is. `reason` is a short clause saying why."""
+
+    code = "refused"
+
+    def __init__(self, reason: str = "", *, detail: str | None = None) -> None:
+        self.reason = reason
+        message = "The image model refused this request"
+        message += f": {reason}." if reason.strip() else "."
+        message += " Asking again won't change that: try a different prompt or image."
+        super().__init__(message, detail=detail)
+
+
+class ProviderAccountBlocked(ImagineError):
+    """The provider restricted or disabled our account: only an admin can act (the log
+    says what to check); the user is told so, briefly."""
+
+    code = "account_blocked"
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "The image provider has restricted the bot's account. "
+            "An admin needs to check the provider account.",
+            detail=detail,
+        )
 
 
 # --- user input ----------------------------------------------------------------------------
@@ -177,6 +218,37 @@ class ImageTooLarge(ImagineError):
         )
 
 
+class ImageTooManyPixels(ImagineError):
+    """A reference image whose pixels would not fit in memory (a decompression bomb)."""
+
+    code = "too_many_pixels"
+
+    def __init__(
+        self, width: int | None = None, height: int | None = None, *, detail: str | None = None
+    ) -> None:
+        self.width, self.height = width, height
+        limit = MAX_IMAGE_PIXELS // 1_000_000
+        if width and height:
+            size = f"{width}×{height} pixels"
+            message = f"That image is {size}; the limit is {limit} megapixels per image."
+        else:
+            message = f"That image has too many pixels; the limit is {limit} megapixels per image."
+        super().__init__(message, detail=detail)
+
+
+class DamagedImage(ImagineError):
+    """The bytes start like an image but do not decode to one (cut off or corrupt)."""
+
+    code = "damaged_image"
+
+    def __init__(self, name: str = "", *, detail: str | None = None) -> None:
+        what = f"“{name}”" if name else "That image"
+        super().__init__(
+            f"{what} is damaged or incomplete, so I can't open it. Please attach it again.",
+            detail=detail,
+        )
+
+
 class TooManyImages(ImagineError):
     code = "too_many_images"
 
@@ -186,6 +258,22 @@ class TooManyImages(ImagineError):
         self.count = count
         super().__init__(
             f"You attached {count} images; at most {limit} can be used at once.", detail=detail
+        )
+
+
+class TooManyImagesForEdit(ImagineError):
+    """An edit whose provider takes the previous image as one of its `limit` inputs."""
+
+    code = "too_many_images_edit"
+
+    def __init__(self, count: int, limit: int, *, detail: str | None = None) -> None:
+        self.count = count
+        room = max(limit - 1, 0)
+        fits = f"at most {room} new image{'' if room == 1 else 's'} fit"
+        super().__init__(
+            f"This edit sends the previous image along with yours, so {fits} "
+            f"(you attached {count}). Attach fewer images.",
+            detail=detail,
         )
 
 

@@ -21,6 +21,7 @@ import httpx
 
 from bot.errors import (
     BadApiKey,
+    BrokenImage,
     ImagineError,
     InvalidProviderResponse,
     ProviderRejected,
@@ -297,7 +298,21 @@ async def decode_image(data: str) -> Image:
     mime = sniff_mime(raw[:64])
     if mime is None:
         raise InvalidProviderResponse(detail=f"decoded {len(raw)} bytes are not an image")
+    await verify_whole(raw, mime)
     return Image(data=raw, mime=mime, sha256=sha256)
+
+
+async def verify_whole(raw: bytes, mime: str) -> None:
+    """Raise `BrokenImage` unless every pixel decodes: an answer is never stored, posted or
+    fed back to the model half-made. Off the loop; big ones in a worker process."""
+    if mime in ("image/heic", "image/heif"):
+        return  # Pillow cannot decode these without a plugin; the magic bytes must do
+    if len(raw) < offload.LARGE:
+        ok, value = await asyncio.to_thread(offload.verify_image, raw)
+    else:
+        ok, value = await offload.run(offload.verify_image, raw)
+    if not ok:
+        raise BrokenImage(detail=f"{len(raw)} bytes of {mime}: {value}")
 
 
 async def b64encode(image: Image) -> str:
@@ -316,4 +331,5 @@ async def image_from_download(raw: bytes) -> Image:
     mime = sniff_mime(raw[:64])
     if mime is None:
         raise InvalidProviderResponse(detail=f"download of {len(raw)} bytes is not an image")
+    await verify_whole(raw, mime)
     return await Image.from_bytes(raw, mime)
