@@ -269,7 +269,7 @@ class TooManyImagesForEdit(ImagineError):
     def __init__(self, count: int, limit: int, *, detail: str | None = None) -> None:
         self.count = count
         room = max(limit - 1, 0)
-        fits = f"at most {room} new image{'' if room == 1 else 's'} fit"
+        fits = f"at most {room} new image fits" if room == 1 else f"at most {room} new images fit"
         super().__init__(
             f"This edit sends the previous image along with yours, so {fits} "
             f"(you attached {count}). Attach fewer images.",

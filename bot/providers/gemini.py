@@ -11,20 +11,42 @@ What Google's documentation says, and what we do with it:
   shape.
 - The answer is `candidates[0].content.parts[]`, each `{text}` or
   `{inlineData: {mimeType, data}}` (the REST answer is camelCase; snake_case is accepted
-  too), with `candidates[0].finishReason` (`STOP`, `IMAGE_SAFETY`, `PROHIBITED_CONTENT`,
-  `SAFETY`, `BLOCKLIST`, `SPII`, `NO_IMAGE`, …) and `usageMetadata` token counts. A prompt
+  too), with `candidates[0].finishReason` and `usageMetadata` token counts. A prompt
   blocked before generation has `promptFeedback.blockReason` and no candidates.
 - Multi-turn is stateless: every request carries the whole conversation, the model's own
   turns with their images included. The model may sign its parts with a `thoughtSignature`;
   each must be sent back exactly as received, on the part it came on.
 
 How a conversation is kept: a turn's `provider_state` is the model's answer parts exactly as
-received, except that each inline image's base64 `data` is replaced by a marker
-`{mimeType, sha256}`. The store already keeps the image by its hash (it is the turn's
-result), so the database does not hold a second, base64 copy. When the conversation
-continues, the marker is swapped back for the result image's base64 and the parts — text,
-signatures and all — go back as the `model` turn. A turn made by another provider has no
-such parts; it is sent as its text plus its result image.
+received, except that the result image's base64 `data` (the first non-thought image, which
+the store keeps by its hash and hands back as the turn's result) is replaced by a marker
+`{mimeType, sha256}`, so the database does not hold a second copy of it. Every other image
+part the next turn must echo — a second or third image of the answer, or a thought image
+that carries a `thoughtSignature` — is kept whole, data and signature, because the core
+gives a provider only the result image back (Gemini 3 image models refuse a history with a
+signed part missing). Unsigned thought images are kept as markers and left out of the
+history. When the conversation continues, the marker is swapped back for the result image's
+base64 and the parts — text, images, signatures and all — go back as the `model` turn. A
+turn made by another provider has no such parts; it is sent as its text plus its result
+image.
+
+Finish and block reasons (every member of the google-genai SDK's `FinishReason` and
+`BlockedReason`, 3.6.1):
+
+- `SAFETY`, `IMAGE_SAFETY` (finish or block): the safety filter, `SafetyBlocked`.
+- Refusals that will repeat — `RECITATION`, `IMAGE_RECITATION`, `BLOCKLIST`,
+  `PROHIBITED_CONTENT`, `IMAGE_PROHIBITED_CONTENT`, `SPII`, `MODEL_ARMOR`, `ESCALATION`,
+  `LANGUAGE`, and the block reasons `JAILBREAK`, `OTHER`, `BLOCKED_REASON_UNSPECIFIED` —
+  are `ModelRefused`, with a short why where the reason names one (never "the safety
+  filter": `blockReason: OTHER` is not it).
+- `PUP_LIMITED_DISABLED`: Google limited or disabled the account; the user is told an admin
+  must check it (`ProviderAccountBlocked`), the log says what to check, at ERROR.
+- `MISSING_THOUGHT_SIGNATURE` (or a 400 that speaks of a thought signature): we sent a
+  history without a signature, a bug of ours — logged as one at ERROR; the user gets
+  `InternalError`'s sentence.
+- Anything else (`STOP`, `MAX_TOKENS`, `OTHER`, `IMAGE_OTHER`, `NO_IMAGE`, the tool-call and
+  malformed-response reasons, `CONTINUATION`, unknown values): the images are used; with no
+  image it is `NoImageReturned` (retryable), showing the model's words if any.
 
 Failures: errors come as `{"error": {"code", "message", "status"}}`. 400 INVALID_ARGUMENT is
 a request the model refuses (shown to the user), except "API key not valid", which Google
@@ -49,8 +71,11 @@ import httpx
 from bot.errors import (
     BadApiKey,
     ImagineError,
+    InternalError,
     InvalidProviderResponse,
+    ModelRefused,
     NoImageReturned,
+    ProviderAccountBlocked,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
@@ -75,24 +100,84 @@ DEFAULT_POLICY: Final = RetryPolicy()
 NO_HOOKS: Final = ProviderCall()
 DEFAULT_BASE_URL: Final = "https://generativelanguage.googleapis.com"
 
-SAFETY_FINISH_REASONS: Final = frozenset(
+_RECITATION: Final = "the result would copy existing work too closely"
+_PROHIBITED: Final = "it may contain prohibited content"
+_BLOCKLIST: Final = "it contains a term on a blocklist"
+_MODEL_ARMOR: Final = "a content screening policy on the provider account blocked it"
+
+REFUSAL_FINISH_REASONS: Final[dict[str, str]] = {
+    "RECITATION": _RECITATION,
+    "IMAGE_RECITATION": _RECITATION,
+    "BLOCKLIST": _BLOCKLIST,
+    "PROHIBITED_CONTENT": _PROHIBITED,
+    "IMAGE_PROHIBITED_CONTENT": _PROHIBITED,
+    "SPII": "it may contain sensitive personal information",
+    "MODEL_ARMOR": _MODEL_ARMOR,
+    "ESCALATION": "a content escalation rule blocked it",
+    "LANGUAGE": "the model doesn't support the language it is written in",
+}
+"""`finishReason` values of a refusal that will repeat → why, for `ModelRefused`."""
+
+SAFETY_FINISH_REASONS: Final = frozenset({"SAFETY", "IMAGE_SAFETY"})
+"""`finishReason` values that mean the safety filter stopped the answer."""
+
+ACCOUNT_FINISH_REASONS: Final = frozenset({"PUP_LIMITED_DISABLED"})
+"""`finishReason` values that mean Google restricted the account: an admin must act."""
+
+BUG_FINISH_REASONS: Final = frozenset({"MISSING_THOUGHT_SIGNATURE"})
+"""`finishReason` values that mean our request was wrong: a bug of ours."""
+
+RETRYABLE_FINISH_REASONS: Final = frozenset(
     {
-        "IMAGE_SAFETY",
-        "PROHIBITED_CONTENT",
-        "SAFETY",
-        "BLOCKLIST",
-        "SPII",
-        "IMAGE_PROHIBITED_CONTENT",
+        "FINISH_REASON_UNSPECIFIED",
+        "STOP",
+        "MAX_TOKENS",
+        "OTHER",
+        "IMAGE_OTHER",
+        "NO_IMAGE",
+        "MALFORMED_FUNCTION_CALL",
+        "UNEXPECTED_TOOL_CALL",
+        "TOO_MANY_TOOL_CALLS",
+        "MALFORMED_RESPONSE",
+        "CONTINUATION",
     }
 )
-"""`finishReason` values that mean the safety filter stopped the answer."""
+"""`finishReason` values after which an answer with an image is used, and one without an
+image is `NoImageReturned` (worth a retry): the model stopped, ran out of room, or slipped.
+We declare no tools, so a tool-call reason is a glitch of the model, not a refusal."""
+
+FINISH_REASONS: Final = (
+    frozenset(REFUSAL_FINISH_REASONS)
+    | SAFETY_FINISH_REASONS
+    | ACCOUNT_FINISH_REASONS
+    | BUG_FINISH_REASONS
+    | RETRYABLE_FINISH_REASONS
+)
+"""Every `FinishReason` of the google-genai SDK (3.6.1); an unknown one is logged."""
+
+REFUSAL_BLOCK_REASONS: Final[dict[str, str]] = {
+    "PROHIBITED_CONTENT": _PROHIBITED,
+    "BLOCKLIST": _BLOCKLIST,
+    "MODEL_ARMOR": _MODEL_ARMOR,
+    "JAILBREAK": "it looks like an attempt to get around the model's rules",
+    "OTHER": "",
+    "BLOCKED_REASON_UNSPECIFIED": "",
+}
+"""`promptFeedback.blockReason` values that are a refusal, not the safety filter."""
+
+SAFETY_BLOCK_REASONS: Final = frozenset({"SAFETY", "IMAGE_SAFETY"})
+
+BLOCK_REASONS: Final = frozenset(REFUSAL_BLOCK_REASONS) | SAFETY_BLOCK_REASONS
+"""Every `BlockedReason` of the google-genai SDK (3.6.1)."""
 
 STATE_VERSION: Final = 1
 
 _INLINE_KEYS: Final = ("inlineData", "inline_data")
 _MIME_KEYS: Final = ("mimeType", "mime_type")
+_SIGNATURE_KEYS: Final = ("thoughtSignature", "thought_signature")
 _SAFETY_WORDS: Final = re.compile(r"safety|unsafe|prohibited|blocked", re.I)
 _BAD_KEY: Final = re.compile(r"api key not valid|api key expired|api_key_invalid", re.I)
+_SIGNATURE_WORDS: Final = re.compile(r"thought[_ ]?signature", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +229,55 @@ def map_error(response: httpx.Response, body: Any) -> ImagineError:
         return RateLimited(wait if wait is not None else _retry_delay(body), detail=detail)
     if status >= 500:
         return ProviderUnavailable(detail=detail)
+    if _SIGNATURE_WORDS.search(message):
+        return _our_bug(detail)
     if _SAFETY_WORDS.search(message):
         return SafetyBlocked(detail=detail)
     return ProviderRejected(message, detail=detail)
+
+
+def _our_bug(detail: str) -> InternalError:
+    """Google says the history we sent lacks a `thoughtSignature`: that is our bug."""
+    log.error(
+        "bug: Gemini refused the conversation we sent because a thoughtSignature is missing "
+        "(every part of an earlier answer must go back with its signature exactly as "
+        "received): %s",
+        detail,
+    )
+    return InternalError(detail=f"bug: missing thoughtSignature in the history sent: {detail}")
+
+
+def _blocked_prompt(block: str) -> ImagineError:
+    """`promptFeedback.blockReason` → the user's error: only SAFETY is the safety filter."""
+    detail = f"prompt blocked: blockReason {block}"
+    if block in SAFETY_BLOCK_REASONS:
+        return SafetyBlocked(detail=detail)
+    if block not in BLOCK_REASONS:
+        log.warning("Gemini blocked a prompt for a reason we do not know: %r", block)
+    return ModelRefused(REFUSAL_BLOCK_REASONS.get(block, ""), detail=detail)
+
+
+def _finish_error(finish: str, text: str) -> ImagineError | None:
+    """The error a `finishReason` is whatever the answer holds, or None."""
+    detail = f"finishReason {finish}" + (f": {text}" if text else "")
+    if finish in SAFETY_FINISH_REASONS:
+        return SafetyBlocked(detail=detail)
+    if finish in REFUSAL_FINISH_REASONS:
+        return ModelRefused(REFUSAL_FINISH_REASONS[finish], detail=detail)
+    if finish in ACCOUNT_FINISH_REASONS:
+        log.error(
+            "Google has limited or disabled the Gemini account behind GEMINI_API_KEY for "
+            "Prohibited Use Policy violations (finishReason %s): every request will fail until "
+            "an admin checks the project's policy notices in Google AI Studio or the Cloud "
+            "console (appeal, or configure another key)",
+            finish,
+        )
+        return ProviderAccountBlocked(detail=detail)
+    if finish in BUG_FINISH_REASONS:
+        return _our_bug(detail)
+    if finish and finish not in FINISH_REASONS:
+        log.warning("Gemini answered with a finishReason we do not know: %r", finish)
+    return None
 
 
 def parse_usage(body: dict[str, Any]) -> Usage:
@@ -162,6 +293,10 @@ def parse_usage(body: dict[str, Any]) -> Usage:
     return Usage(
         input_tokens=inp, output_tokens=out, total_tokens=count("totalTokenCount") or inp + out
     )
+
+
+def _signed(part: dict[str, Any]) -> bool:
+    return any(part.get(key) for key in _SIGNATURE_KEYS)
 
 
 def _inline_key(part: dict[str, Any]) -> str | None:
@@ -206,9 +341,12 @@ async def _model_content(turn: HistoryTurn) -> dict[str, Any]:
             parts.append(part)  # text, thoughts, signatures: exactly as received
             continue
         inline = dict(part[key])
+        if "data" in inline:  # an image other than the result, kept in the state itself
+            parts.append(part)
+            continue
         if inline.pop("sha256", None) != turn.result.sha256:
-            # A thought image or a second image: the store does not keep it.
-            log.debug("dropping an image part of an earlier Gemini answer not kept by the store")
+            # An unsigned thought image: neither the store nor the state keeps it.
+            log.debug("dropping an unsigned thought image of an earlier Gemini answer")
             continue
         inline["data"] = result_data
         parts.append({**part, key: inline})
@@ -226,7 +364,7 @@ async def read_answer(body: Any) -> Answer:
     block = feedback.get("blockReason") if isinstance(feedback, dict) else None
     candidates = body.get("candidates")
     if block and not candidates:
-        raise SafetyBlocked(detail=f"prompt blocked: {block}")
+        raise _blocked_prompt(str(block))
     if not candidates:
         raise NoImageReturned(detail="no candidates in the answer")
     if not isinstance(candidates, list) or not isinstance(candidates[0], dict):
@@ -244,27 +382,35 @@ async def read_answer(body: Any) -> Answer:
         str(p["text"]) for p in raw_parts if isinstance(p.get("text"), str) and not p.get("thought")
     ]
     text = "\n".join(t.strip() for t in texts if t.strip())
-    if finish in SAFETY_FINISH_REASONS:
-        raise SafetyBlocked(detail=f"finishReason {finish}: {text}")
+    error = _finish_error(finish, text)
+    if error is not None:
+        raise error
 
-    images: list[Image] = []
-    stored: list[dict[str, Any]] = []
+    decoded: list[Image | None] = []
     for part in raw_parts:
         key = _inline_key(part)
-        if key is None:
-            stored.append(part)
-            continue
-        inline = part[key]
-        image = await decode_image(inline.get("data"))
-        marker = {k: v for k, v in inline.items() if k != "data"}
-        if _mime_of(marker) is None:
-            marker["mimeType"] = image.mime
-        marker["sha256"] = image.sha256
-        stored.append({**part, key: marker})
-        if not part.get("thought"):
-            images.append(image)
+        decoded.append(None if key is None else await decode_image(part[key].get("data")))
+    images = [
+        image
+        for part, image in zip(raw_parts, decoded, strict=True)
+        if image is not None and not part.get("thought")
+    ]
     if not images:
         raise NoImageReturned(text, detail=f"no image part, finishReason {finish or 'none'}")
+    result_sha = images[0].sha256
+    stored: list[dict[str, Any]] = []
+    for part, image in zip(raw_parts, decoded, strict=True):
+        key = _inline_key(part)
+        if key is None or image is None:
+            stored.append(part)
+        elif image.sha256 != result_sha and (_signed(part) or not part.get("thought")):
+            stored.append(part)  # not the result: the store will not give it back, keep it
+        else:
+            marker = {k: v for k, v in part[key].items() if k != "data"}
+            if _mime_of(marker) is None:
+                marker["mimeType"] = image.mime
+            marker["sha256"] = image.sha256
+            stored.append({**part, key: marker})
     return Answer(images=tuple(images), text=text, stored_parts=tuple(stored), finish_reason=finish)
 
 

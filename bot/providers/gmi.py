@@ -23,6 +23,12 @@ What GMI documents, and what this module does with it:
   `contents` and `aspect_ratio` are sent. The contents are stored verbatim as the turn's
   `provider_state`; a thread that was started with another provider continues here as a single
   turn with the parent's image uploaded as a reference.
+- Input images: `payload.image` takes at most 3. A continuation carries the previous image in
+  `contents` (the conversation), so up to 3 new references still fit. A turn continued from
+  another provider's thread sends the parent's image in `payload.image` too, so it leaves
+  room for 2 new references: more is refused (`TooManyImagesForEdit`) before anything is
+  uploaded or submitted, never silently cut.
+- The model's words in its last turn of `next_turn_contents` are the result's `text`.
 - Errors: non-2xx answers carry an `error` field; 401 is a bad key; 429 limits apply to the
   whole organisation; 5xx is the service. A `failed` request states its reason in `outcome`
   (`outcome.error` / `outcome.message`) or in a top-level `error` — which one is unconfirmed, so
@@ -61,6 +67,8 @@ from bot.errors import (
     ProviderTimeout,
     ProviderUnavailable,
     SafetyBlocked,
+    TooManyImages,
+    TooManyImagesForEdit,
 )
 from bot.models import Image, ImageRequest, ImageResult, Usage
 from bot.providers.base import Capabilities, ProviderCall
@@ -221,7 +229,8 @@ class _Resubmit(Exception):
 
 
 def _model_text(contents: Any) -> str:
-    """Text the model wrote in its last turn of `next_turn_contents`."""
+    """Text the model wrote in its last turn of `next_turn_contents` (its thoughts left out):
+    shown with the image, as Nexconn's and Gemini's words are."""
     if not isinstance(contents, list):
         return ""
     for turn in reversed(contents):
@@ -230,7 +239,9 @@ def _model_text(contents: Any) -> str:
             if not isinstance(parts, list):
                 return ""
             texts = [
-                p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+                p["text"]
+                for p in parts
+                if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
             ]
             return "\n".join(t.strip() for t in texts if t.strip())
     return ""
@@ -429,7 +440,7 @@ class GmiProvider:
         tokens = TOKENS_PER_IMAGE * len(images)
         return ImageResult(
             images=tuple(images),
-            text="",
+            text=_model_text(contents),
             usage=Usage(output_tokens=tokens, total_tokens=tokens),
             provider_state=contents,
             provider_request_id=request_id,
@@ -441,7 +452,10 @@ class GmiProvider:
         parent = request.history[-1] if request.history else None
         state = parent.provider_state if parent is not None else None
         if parent is not None and parent.provider == self.name and _is_contents(state):
-            refs = request.references[:MAX_REFERENCES]
+            # The previous image travels in the conversation (`contents`), not as an input.
+            refs = request.references
+            if len(refs) > MAX_REFERENCES:
+                raise TooManyImages(len(refs), MAX_REFERENCES, detail="GMI continuation")
             urls = await asyncio.gather(*(self._upload(image) for image in refs))
             pairs = [(image.mime, url) for image, url in zip(refs, urls, strict=True)]
             return {
@@ -450,13 +464,20 @@ class GmiProvider:
             }
         references = request.references
         if parent is not None:  # another provider's thread: one turn, edit the parent's image
+            if len(references) + 1 > MAX_REFERENCES:
+                raise TooManyImagesForEdit(
+                    len(references),
+                    MAX_REFERENCES,
+                    detail=f"GMI takes {MAX_REFERENCES} input images; the parent image of a "
+                    f"{parent.provider} turn plus {len(references)} references do not fit",
+                )
             references = (parent.result, *references)
+        elif len(references) > MAX_REFERENCES:
+            raise TooManyImages(len(references), MAX_REFERENCES, detail="GMI payload.image")
         payload: dict[str, Any] = {"prompt": request.prompt}
         if references:
             payload["image"] = list(
-                await asyncio.gather(
-                    *(self._upload(image) for image in references[:MAX_REFERENCES])
-                )
+                await asyncio.gather(*(self._upload(image) for image in references))
             )
         payload["aspect_ratio"] = request.aspect_ratio
         return payload

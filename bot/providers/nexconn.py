@@ -18,7 +18,9 @@ What the Nexconn documentation says, and what we do with it:
   in `choices[0].message.images[]` as `{type: "image_url", image_url: {url: "data:…"}}`;
   `message.content` holds the model's words and may be empty.
 - **Edits**: `POST /v1/images/edits` with JSON (not multipart) `{model, prompt, image}`,
-  where `image` is a list of https or data URLs. Same answer as text to image.
+  where `image` is a list of https or data URLs. Same answer as text to image. The edits
+  documentation lists no aspect ratio field; we send `image_config: {aspect_ratio}` exactly as
+  generations takes it (same gateway, same model config), so a chosen ratio is not lost.
 
 Why chat is the default for edits: the server keeps no state, so a conversation is only as
 good as what each request carries. The chat endpoint takes the whole history — every
@@ -205,6 +207,7 @@ class NexconnProvider:
             "model": request.model,
             "prompt": request.prompt,
             "image": [await data_url(image) for image in sources],
+            "image_config": {"aspect_ratio": request.aspect_ratio},
         }
         return await self._images_answer(EDITS_PATH, await self._post(EDITS_PATH, body))
 

@@ -251,7 +251,7 @@ SAFETY_SENTENCE = (
 )
 
 
-@pytest.mark.parametrize("reason", ["IMAGE_SAFETY", "PROHIBITED_CONTENT", "SAFETY"])
+@pytest.mark.parametrize("reason", ["IMAGE_SAFETY", "SAFETY"])
 async def test_a_safety_finish_reason_is_a_safety_block(
     server: FakeGemini, provider: GeminiProvider, reason: str
 ) -> None:
@@ -270,7 +270,7 @@ async def test_a_blocked_prompt_is_a_safety_block(
         Reply(
             200,
             {
-                "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+                "promptFeedback": {"blockReason": "SAFETY"},
                 "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
             },
         )

@@ -157,7 +157,7 @@ async def test_text_to_image_polls_until_success(
     assert len(result.images) == 1
     assert result.image.data == fake.media[f"{request_id}-0.png"]
     assert result.image.mime == "image/png"
-    assert result.text == ""
+    assert result.text == "Here is the generated image."  # the model's words are shown
     assert result.usage.output_tokens == 1290
     assert result.usage.total_tokens == 1290
     assert result.provider_request_id == request_id

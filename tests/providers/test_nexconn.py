@@ -212,7 +212,7 @@ async def test_edits_mode_sends_the_parent_image_and_new_references(server: Fake
     try:
         result = await within(
             p.generate(
-                ImageRequest("add snow", "1:1", MODEL, references=(image(ref),), history=(t1, t2))
+                ImageRequest("add snow", "9:16", MODEL, references=(image(ref),), history=(t1, t2))
             )
         )
     finally:
@@ -224,6 +224,7 @@ async def test_edits_mode_sends_the_parent_image_and_new_references(server: Fake
         "model": MODEL,
         "prompt": "add snow",
         "image": [data_url_of(parent_png), data_url_of(ref)],
+        "image_config": {"aspect_ratio": "9:16"},
     }
 
 
