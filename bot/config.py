@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # discord -------------------------------------------------------------------------------
     discord_token: SecretStr | None = Field(default=None, alias="DISCORD_TOKEN")
     discord_api_base: str = Field(default="https://discord.com/api/v10", alias="DISCORD_API_BASE")
+    discord_cdn_hosts: str = Field(
+        default="cdn.discordapp.com,media.discordapp.net", alias="DISCORD_CDN_HOSTS"
+    )
     discord_gateway_url: str | None = Field(default=None, alias="DISCORD_GATEWAY_URL")
     discord_guild_ids: str = Field(default="", alias="DISCORD_GUILD_IDS")
     discord_shard_count: int | None = Field(
@@ -148,6 +151,17 @@ class Settings(BaseSettings):
             raise ValueError("must look like sqlite:///path.db or postgresql://user@host/db")
         return value
 
+    @field_validator("discord_cdn_hosts")
+    @classmethod
+    def _cdn_hosts(cls, value: str) -> str:
+        hosts = value.replace(",", " ").split()
+        if not hosts:
+            raise ValueError("must name at least one host (cdn.discordapp.com,…)")
+        for host in hosts:
+            if "/" in host or "@" in host or host.startswith(".") or host.count(":") == 1:
+                raise ValueError(f"must be comma-separated host names (no port), got {host!r}")
+        return value
+
     @field_validator("discord_guild_ids")
     @classmethod
     def _guild_ids(cls, value: str) -> str:
@@ -197,6 +211,11 @@ class Settings(BaseSettings):
     @property
     def guild_ids(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.discord_guild_ids.replace(",", " ").split())
+
+    @property
+    def cdn_hosts(self) -> frozenset[str]:
+        """Hosts Discord attachments are downloaded from; any other URL is refused."""
+        return frozenset(h.lower() for h in self.discord_cdn_hosts.replace(",", " ").split())
 
     @property
     def shard_ids(self) -> tuple[int, ...]:

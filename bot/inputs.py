@@ -2,21 +2,33 @@
 
 Adapters call `check_attachment` with the platform's metadata *before* downloading, read
 with `read_capped` (which enforces the size while streaming) and turn the bytes into an
-`Image` with `image_from_upload`, which trusts the bytes, not the file name.
+`Image` with `image_from_upload`, which trusts the bytes, not the file name, and decodes the
+whole image (in a worker thread) before a job is accepted: a cut-off file or a decompression
+bomb (a few KB that decode to 20000×20000) is refused here and never reaches a provider.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
+import struct
+import threading
+import unicodedata
 from collections.abc import AsyncIterable, Sequence
+
+from PIL import Image as PILImage
 
 from bot.errors import (
     MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
     MAX_PROMPT_CHARS,
     MAX_REFERENCE_IMAGES,
     SUPPORTED_MIME_TYPES,
+    DamagedImage,
     EmptyPrompt,
     ImageTooLarge,
+    ImageTooManyPixels,
     NotAnImage,
     PromptTooLong,
     TooManyImages,
@@ -30,10 +42,30 @@ _AR_FLAG = re.compile(r"(?:^|\s)--(?:ar|aspect|aspect-ratio)(?:\s+|=)(\S+)", re.
 _AR_ALIASES = {"square": "1:1", "portrait": "9:16", "landscape": "16:9", "wide": "21:9"}
 
 
+_BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u2800\u3164\uffa0")
+"""Characters outside category Cf that still draw nothing: the combining grapheme joiner,
+the Hangul fillers and the blank Braille pattern (popular for "empty" messages)."""
+
+
+def _invisible(char: str) -> bool:
+    """Draws nothing: format characters (zero-width space and joiners, BOM, word joiner,
+    bidi marks, tags), variation selectors, whitespace, and the blank letters above."""
+    code = ord(char)
+    return (
+        char.isspace()
+        or unicodedata.category(char) == "Cf"
+        or 0xFE00 <= code <= 0xFE0F
+        or 0xE0100 <= code <= 0xE01EF
+        or char in _BLANK_LETTERS
+    )
+
+
 def clean_prompt(text: str | None) -> str:
-    """Strip and check a prompt or an edit instruction."""
+    """Strip and check a prompt or an edit instruction. A prompt of nothing but invisible
+    characters is empty; in any other prompt they stay (a ZWJ inside an emoji sequence and
+    a variation selector after a heart mean something)."""
     prompt = (text or "").strip()
-    if not prompt:
+    if not prompt or all(_invisible(char) for char in prompt):
         raise EmptyPrompt()
     if len(prompt) > MAX_PROMPT_CHARS:
         raise PromptTooLong(len(prompt))
@@ -105,4 +137,51 @@ async def image_from_upload(data: bytes, name: str = "") -> Image:
         raise NotAnImage(name)
     if mime not in SUPPORTED_MIME_TYPES:
         raise UnsupportedImageType(mime)
+    await asyncio.to_thread(check_decodes, data, mime, name)
     return await Image.from_bytes(data, mime)
+
+
+_DECODING = threading.BoundedSemaphore(2)
+"""Full decodes at once: a 50-megapixel image takes up to 200 MB while it is checked."""
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+"""What Pillow raises for bytes that are not a whole image (`verify` raises SyntaxError)."""
+
+
+def check_decodes(data: bytes, mime: str, name: str = "") -> None:
+    """The whole image decodes and its pixel count is sane; blocking (run it in a thread).
+
+    The size is read from the header before any pixel is decoded, so a decompression bomb
+    costs nothing. HEIC/HEIF cannot be decoded here (Pillow has no HEVC decoder): their
+    declared sizes are checked instead and the provider decodes them."""
+    if mime in ("image/heic", "image/heif"):
+        _check_heif_size(data)
+        return
+    try:
+        with PILImage.open(io.BytesIO(data)) as image:
+            _check_pixels(*image.size)
+            image.verify()
+        with _DECODING, PILImage.open(io.BytesIO(data)) as image:
+            image.load()
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        # Pillow's own bound (`PIL.Image.MAX_IMAGE_PIXELS`) is checked when the file is
+        # opened, so a bomb far beyond ours is refused before its size reaches us
+        raise ImageTooManyPixels(detail=f"{name}: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        raise DamagedImage(name, detail=f"{name} ({mime}, {len(data)} bytes): {exc!r}") from None
+
+
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageTooManyPixels(width, height, detail=f"declared {width}×{height}")
+
+
+def _check_heif_size(data: bytes) -> None:
+    """Every `ispe` (image spatial extents) property of a HEIF file: version/flags, width,
+    height as 32-bit big-endian numbers."""
+    start = data.find(b"ispe")
+    while start != -1:
+        fields = data[start + 8 : start + 16]
+        if len(fields) == 8:
+            _check_pixels(*struct.unpack(">II", fields))
+        start = data.find(b"ispe", start + 4)

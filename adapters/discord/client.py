@@ -165,7 +165,12 @@ class DiscordAdapter:
             shard_count=settings.discord_shard_count,
             shard_ids=settings.shard_ids,
         )
-        self.runtime = Runtime(core=core, client=self.client, actions=dict(ACTIONS))
+        self.runtime = Runtime(
+            core=core,
+            client=self.client,
+            actions=dict(ACTIONS),
+            cdn_hosts=settings.cdn_hosts,
+        )
         setattr(self.client, RUNTIME_ATTRIBUTE, self.runtime)
         commands.install(self.client.tree, self.runtime)
         core.register_platform(PLATFORM, sink_factory(self.runtime))

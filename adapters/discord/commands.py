@@ -52,7 +52,7 @@ async def start_imagine(
     try:
         clean_prompt(prompt)
         parse_aspect_ratio(aspect_ratio)
-        attachments.check(refs)
+        attachments.check(refs, runtime.cdn_hosts)
     except ImagineError as error:
         await interaction.response.send_message(error_text(error), ephemeral=True)
         return
@@ -71,7 +71,7 @@ async def _imagine(
     aspect_ratio: str | None = None,
 ) -> None:
     """After the defer: download the references and start a new thread answering here."""
-    images = await attachments.download(runtime.http(), refs)
+    images = await attachments.download(runtime.http(), refs, runtime.cdn_hosts)
     destination = interaction_destination(interaction)
     request = ImagineRequest(
         key=thread_key(interaction.guild_id, interaction.channel_id or 0, interaction.id),
@@ -97,7 +97,7 @@ async def open_image_modal(
         await interaction.response.send_message(NO_IMAGE_TEXT, ephemeral=True)
         return
     try:
-        attachments.check(refs)
+        attachments.check(refs, runtime.cdn_hosts)
     except ImagineError as error:
         await send_error(interaction, error)
         return
@@ -123,7 +123,7 @@ async def submit_image_modal(
         refs = runtime.targets.get(str(data.get("custom_id"))) or await _refetch(runtime, target)
         if not refs:  # the message was deleted or lost its pictures since the menu opened
             raise ImagineError(NO_IMAGE_TEXT, detail=f"no image left on {target}")
-        attachments.check(refs)
+        attachments.check(refs, runtime.cdn_hosts)
         await _imagine(runtime, interaction, prompt, refs)
     except Exception as exc:
         await report(interaction, exc)

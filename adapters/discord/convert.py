@@ -181,12 +181,36 @@ def one_line(text: str, limit: int) -> str:
     return clip(" ".join(text.split()), limit)
 
 
+_INLINE_MARKDOWN = re.compile(r"[\\*_~`|\[\]]")
+_LINE_MARKDOWN = re.compile(r"^([ \t]*)([>#+-]|\d+\.)", re.MULTILINE)
+_LINK_BRACKETS = re.compile(r"[\\\[\]]")
+
+
+def _escape_marker(match: re.Match[str]) -> str:
+    indent, marker = match[1], match[2]
+    return indent + (marker[:-1] + "\\." if marker.endswith(".") else "\\" + marker)
+
+
+def plain(text: str) -> str:
+    """Someone's text shown as typed: Discord markdown escaped (the backslashes do not
+    show), so `[text](https://…)` is not a masked link, `**` not bold, `# x` not a heading,
+    `||x||` not a spoiler. Bare URLs stay visible as what they are."""
+    text = _INLINE_MARKDOWN.sub(lambda match: "\\" + match[0], text)
+    return _LINE_MARKDOWN.sub(_escape_marker, text)
+
+
+def no_links(text: str) -> str:
+    """Our own sentences (which may quote a provider or the model): only the brackets and
+    backslashes escaped, so no masked link can form and nothing else changes."""
+    return _LINK_BRACKETS.sub(lambda match: "\\" + match[0], text)
+
+
 _VERBS = {TurnKind.IMAGINE: "Generating", TurnKind.EDIT: "Editing", TurnKind.REROLL: "Rerolling"}
 
 
 def progress_text(update: Progress) -> str:
     """One short line per phase; the prompt quoted so a busy channel knows which is which."""
-    prompt = one_line(update.job.prompt, 300)
+    prompt = plain(one_line(update.job.prompt, 300))
     if update.phase is Phase.QUEUED:
         position = f" (position {update.position})" if update.position else ""
         head = f"⏳ Queued{position}"
@@ -199,7 +223,7 @@ def progress_text(update: Progress) -> str:
 
 def error_text(error: ImagineError) -> str:
     """What a user sees of a failure: its sentence, never its `detail`."""
-    return clip(error.user_message, MESSAGE_LIMIT)
+    return clip(no_links(error.user_message), MESSAGE_LIMIT)
 
 
 def failure_text(error: ImagineError, job: Job | None, mention: int | None = None) -> str:
@@ -207,10 +231,10 @@ def failure_text(error: ImagineError, job: Job | None, mention: int | None = Non
     parts = []
     if mention is not None:
         parts.append(f"<@{mention}>")
-    parts.append(f"⚠️ {error.user_message}")
+    parts.append(f"⚠️ {no_links(error.user_message)}")
     text = " ".join(parts)
     if job is not None:
-        text += f"\n> {one_line(job.prompt, 300)}"
+        text += f"\n> {plain(one_line(job.prompt, 300))}"
     return clip(text, MESSAGE_LIMIT)
 
 
@@ -237,9 +261,10 @@ _KIND_LABEL = {TurnKind.IMAGINE: "Prompt", TurnKind.EDIT: "Edit", TurnKind.REROL
 
 def caption(turn: Turn, notes: Sequence[str] = ()) -> Caption:
     """The prompt, model, aspect ratio, time and requester, inside Discord's embed limits
-    (description 4096, field 1024, all together 6000)."""
+    (description 4096, field 1024, all together 6000). The prompt and the model's text are
+    `plain`: a masked link in them never becomes a live link in our embed."""
     label = _KIND_LABEL.get(turn.kind, "Prompt")
-    description = clip(f"**{label}:** {turn.prompt}", 3000)
+    description = clip(f"**{label}:** {plain(turn.prompt)}", 3000)
     fields: list[tuple[str, str]] = [
         ("Model", clip(turn.model, 200)),
         ("Aspect ratio", turn.aspect_ratio),
@@ -247,9 +272,9 @@ def caption(turn: Turn, notes: Sequence[str] = ()) -> Caption:
         ("Requested by", f"<@{turn.user_id}>" if turn.user_id.isdigit() else "?"),
     ]
     if turn.text.strip():
-        fields.append(("The model said", clip(turn.text.strip(), 900)))
+        fields.append(("The model said", clip(plain(turn.text.strip()), 900)))
     if notes:
-        fields.append(("Note", clip(" ".join(notes), 900)))
+        fields.append(("Note", clip(no_links(" ".join(notes)), 900)))
     return Caption(description, tuple(fields))
 
 

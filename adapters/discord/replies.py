@@ -66,8 +66,8 @@ async def on_message(runtime: Runtime, message: discord.Message) -> None:
         return
     refs = [AttachmentRef.of(a) for a in message.attachments]
     try:
-        attachments.check(refs)
-        images = await attachments.download(runtime.http(), refs)
+        attachments.check(refs, runtime.cdn_hosts)
+        images = await attachments.download(runtime.http(), refs, runtime.cdn_hosts)
         destination = message_destination(message)
         request = EditRequest(
             user_id=str(message.author.id),

@@ -55,6 +55,8 @@ class Runtime:
     max_targets: int = 512
     actions: dict[str, ActionHandler] = field(default_factory=dict)
     """Action name → handler; the components only know the name (no import cycle)."""
+    cdn_hosts: frozenset[str] = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
+    """The only hosts attachments are downloaded from (`DISCORD_CDN_HOSTS`)."""
 
     async def wait_ready(self) -> None:
         """Resumed jobs may finish before the gateway is up: wait for it, not forever."""

@@ -4,7 +4,8 @@ It is the default on a fresh machine. A new image is a gradient whose colours co
 prompt with the prompt written on it, at the pixel size of the requested aspect ratio. An
 edit starts from the previous image, tints it towards a colour named in the instruction
 ("make the cup blue") or one derived from it, and adds the instruction as a caption, so every
-turn visibly builds on the last. All drawing runs in a worker thread.
+turn visibly builds on the last. All drawing runs in a worker thread, and an input image
+whose header declares more than `MAX_IMAGE_PIXELS` is refused before it is decoded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import textwrap
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont, ImageOps
 
+from bot.errors import MAX_IMAGE_PIXELS, ImageTooManyPixels
 from bot.models import ASPECT_SIZES, DEFAULT_ASPECT_RATIO, Image, ImageRequest, ImageResult, Usage
 from bot.providers.base import Capabilities, ProviderCall
 
@@ -92,13 +94,26 @@ def _new_canvas(prompt: str, size: tuple[int, int]) -> PILImage.Image:
     return canvas
 
 
+def _open_checked(data: bytes) -> PILImage.Image:
+    """Open an input image, refusing a decompression bomb from its header alone."""
+    try:
+        image = PILImage.open(io.BytesIO(data))
+    except PILImage.DecompressionBombError as exc:
+        raise ImageTooManyPixels(detail=f"demo input: {exc}") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise ImageTooManyPixels(width, height, detail=f"demo input {width}×{height}")
+    return image
+
+
 def _render(request: ImageRequest) -> bytes:
     size = ASPECT_SIZES.get(request.aspect_ratio, ASPECT_SIZES[DEFAULT_ASPECT_RATIO])
     base = request.history[-1].result if request.history else None
     if base is None and request.references:
         base = request.references[0]
     if base is not None:
-        with PILImage.open(io.BytesIO(base.data)) as previous:
+        with _open_checked(base.data) as previous:
             canvas = ImageOps.fit(previous.convert("RGBA"), size)
         tint = PILImage.new("RGBA", size, (*_tint_for(request.prompt), 255))
         canvas = PILImage.blend(canvas, tint, 0.35)

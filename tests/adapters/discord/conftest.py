@@ -32,6 +32,7 @@ from tests.fakes.nexconn_server import FakeNexconn
 
 MODEL = "gemini-2.5-flash-image"
 NEXCONN_KEY = "nx-test-key"
+CDN_HOST = "127.0.0.1"
 
 
 class TimedNexconn(FakeNexconn):
@@ -65,6 +66,7 @@ def settings_for(fake: FakeDiscord, **extra: Any) -> Settings:
         "DISCORD_API_BASE": fake.api_base,
         "DISCORD_GATEWAY_URL": fake.gateway_url,
         "DISCORD_GUILD_IDS": str(fake.guild_id),
+        "DISCORD_CDN_HOSTS": CDN_HOST,  # the fake serves attachments on loopback
         **extra,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
