@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from bot.errors import (
+    MAX_IMAGE_PIXELS,
     BadApiKey,
     BrokenImage,
     ImagineError,
@@ -308,9 +309,9 @@ async def verify_whole(raw: bytes, mime: str) -> None:
     if mime in ("image/heic", "image/heif"):
         return  # Pillow cannot decode these without a plugin; the magic bytes must do
     if len(raw) < offload.LARGE:
-        ok, value = await asyncio.to_thread(offload.verify_image, raw)
+        ok, value = await asyncio.to_thread(offload.verify_image, raw, MAX_IMAGE_PIXELS)
     else:
-        ok, value = await offload.run(offload.verify_image, raw)
+        ok, value = await offload.run(offload.verify_image, raw, MAX_IMAGE_PIXELS)
     if not ok:
         raise BrokenImage(detail=f"{len(raw)} bytes of {mime}: {value}")
 

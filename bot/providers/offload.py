@@ -102,36 +102,32 @@ def decode_base64(data: str) -> Outcome:
     return True, (raw, hashlib.sha256(raw).hexdigest())
 
 
-MAX_PIXELS = 64_000_000
-"""Largest image decoded (8000 × 8000): Gemini's biggest output, 4K, is 16.8 megapixels; a
-tiny file that claims more is a decompression bomb, refused before its pixels exist."""
-
-
-def verify_image(raw: bytes) -> Outcome:
+def verify_image(raw: bytes, max_pixels: int) -> Outcome:
     """`(True, (width, height))` when `raw` is one complete image Pillow decodes whole.
 
-    `verify()` checks the structure (chunks, CRCs), then a fresh `load()` decodes every
-    pixel: a PNG cut short passes the magic-byte check and even `verify()` of its header,
-    but not this. Slow for big images, so it runs where the other decoding runs.
+    The size is read from the header first, so a decompression bomb (a tiny file that
+    claims 20000 × 20000) is refused before its pixels exist; then `verify()` checks the
+    structure (chunks, CRCs) and a fresh `load()` decodes every pixel: a PNG cut short has
+    the right magic bytes and header, but fails here. Pillow's process-wide limits and
+    warning filters are left alone (this may run in a thread).
     """
     import io
-    import warnings
 
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # Pillow raises above twice this
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as probe:
-                probe.verify()
-            with Image.open(io.BytesIO(raw)) as image:
-                image.load()
-                return True, image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        with Image.open(io.BytesIO(raw)) as probe:
+            width, height = probe.size
+            if width * height > max_pixels:
+                return False, f"too many pixels: {width}x{height}"
+            probe.verify()
+        with Image.open(io.BytesIO(raw)) as image:
+            image.load()
+    except Image.DecompressionBombError as exc:
         return False, f"too many pixels: {exc}"
     except Exception as exc:  # Pillow raises many types for broken files
         return False, f"not a complete image: {type(exc).__name__}: {exc}"
+    return True, (width, height)
 
 
 def dumps(body: Any) -> bytes:
