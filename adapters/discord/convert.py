@@ -119,6 +119,9 @@ class Destination:
     token: str | None = None
     token_created_at: float | None = None
     reply_to: int | None = None
+    upload_limit: int | None = None
+    """Bytes one attachment may have here (the interaction's `attachment_size_limit`, or
+    the server's limit for a reply); `DEFAULT_UPLOAD_LIMIT` when unknown."""
 
     def to_json(self) -> dict[str, Any]:
         """Ids as strings: snowflakes do not survive every JSON reader as numbers."""
@@ -153,6 +156,7 @@ class Destination:
             token=str(token) if token else None,
             token_created_at=float(created) if isinstance(created, int | float) else None,
             reply_to=snowflake("reply_to"),
+            upload_limit=snowflake("upload_limit"),
         )
 
     def token_usable(self, now: float) -> bool:
@@ -246,6 +250,10 @@ def ready_text(user_id: int) -> str:
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
+DEFAULT_UPLOAD_LIMIT: Final = 10 * 1024 * 1024
+"""Discord's attachment limit without server boosts."""
+
+
 def image_filename(turn_id: str, mime: str) -> str:
     return f"imagine-{turn_id}.{_EXTENSIONS.get(mime, 'png')}"
 
@@ -327,6 +335,7 @@ def interaction_destination(interaction: discord.Interaction[Any]) -> Destinatio
         application_id=interaction.application_id,
         token=interaction.token,
         token_created_at=interaction.created_at.timestamp(),
+        upload_limit=interaction.filesize_limit or None,
     )
 
 
@@ -337,4 +346,5 @@ def message_destination(message: discord.Message) -> Destination:
         user_id=message.author.id,
         guild_id=message.guild.id if message.guild else getattr(message.channel, "guild_id", None),
         reply_to=message.id,
+        upload_limit=message.guild.filesize_limit if message.guild else None,
     )

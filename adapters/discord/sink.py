@@ -24,10 +24,12 @@ import discord
 
 from bot.core import Delivery, Phase, Progress, SinkFactory
 from bot.errors import ImagineError
+from bot.fit import fit_for_upload
 from bot.models import Job
 
 from .buttons import cancel_view, retry_view, turn_view
 from .convert import (
+    DEFAULT_UPLOAD_LIMIT,
     Destination,
     caption_embed,
     failure_text,
@@ -88,14 +90,17 @@ class DiscordSink:
 
     async def deliver(self, delivery: Delivery) -> str | None:
         await self.runtime.wait_ready()
+        limit = self.destination.upload_limit or DEFAULT_UPLOAD_LIMIT
+        fitted = await fit_for_upload(delivery.image, limit, "Discord")
+        notes = (*delivery.notes, fitted.note) if fitted.note else delivery.notes
         async with self._lock:
             self._done = True
-            filename = image_filename(delivery.turn.id, delivery.image.mime)
+            filename = image_filename(delivery.turn.id, fitted.image.mime)
 
             def file() -> discord.File:
-                return discord.File(io.BytesIO(delivery.image.data), filename=filename)
+                return discord.File(io.BytesIO(fitted.image.data), filename=filename)
 
-            embed = caption_embed(delivery.turn, filename, delivery.notes)
+            embed = caption_embed(delivery.turn, filename, notes)
             view = turn_view(delivery.turn.id)
             if self._use_token():
                 message = await self._edit_original(

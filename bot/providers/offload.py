@@ -130,6 +130,47 @@ def verify_image(raw: bytes, max_pixels: int) -> Outcome:
     return True, (width, height)
 
 
+def shrink_to_fit(raw: bytes, limit: int) -> Outcome:
+    """Re-encode an image to at most `limit` bytes: `(True, (bytes, mime, how))`.
+
+    Lossless first (a PNG recompressed at the highest level), then WebP at falling
+    quality, then JPEG, then smaller, until it fits. `how` says what was done, for the
+    caption.
+    """
+    import io
+
+    from PIL import Image
+
+    def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    try:
+        with Image.open(io.BytesIO(raw)) as opened:
+            image = opened.convert("RGBA" if "A" in opened.getbands() else "RGB")
+    except Exception as exc:
+        return False, f"cannot re-encode: {type(exc).__name__}: {exc}"
+    png = encode(image, "PNG", optimize=True, compress_level=9)
+    if len(png) <= limit:
+        return True, (png, "image/png", "recompressed losslessly")
+    scale = 1.0
+    while scale > 0.1:
+        sized = image
+        if scale < 1.0:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            sized = image.resize(size, Image.Resampling.LANCZOS)
+        for quality in (92, 85, 75, 60):
+            webp = encode(sized, "WEBP", quality=quality, method=4)
+            if len(webp) <= limit:
+                how = f"as WebP at quality {quality}"
+                if scale < 1.0:
+                    how += f", {sized.width}×{sized.height}"
+                return True, (webp, "image/webp", how)
+        scale *= 0.75
+    return False, f"no encoding under {limit} bytes"
+
+
 def dumps(body: Any) -> bytes:
     """Compact UTF-8 JSON, byte for byte what httpx sends for `json=`."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
