@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from bot.redact import redact, register
 
@@ -27,6 +29,33 @@ class SecretFilter(logging.Filter):
         return True
 
 
+JOB_FIELDS = ("job_id", "thread_id", "platform", "provider")
+"""What every log line about a job carries, so one job can be followed through a search."""
+
+_job_fields: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "imagine_job_fields", default=None
+)
+
+
+@contextmanager
+def job_context(**fields: str) -> Iterator[None]:
+    """Every line logged inside (this task and the tasks it starts) names the job."""
+    token = _job_fields.set({k: v for k, v in fields.items() if k in JOB_FIELDS and v})
+    try:
+        yield
+    finally:
+        _job_fields.reset(token)
+
+
+class JobFields(logging.Filter):
+    """Copy the current job's fields onto each record (for the formatters)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_job_fields.get() or {}).items():
+            setattr(record, key, value)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -35,6 +64,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key in JOB_FIELDS:
+            value = getattr(record, key, None)
+            if value:
+                entry[key] = value
         if record.exc_info or record.exc_text:
             entry["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json.dumps(entry, ensure_ascii=False)
@@ -43,6 +76,7 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(SecretFilter(secrets))
+    handler.addFilter(JobFields())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

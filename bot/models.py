@@ -195,6 +195,8 @@ class Job:
     lease_until: float | None = None
     settled: bool = False
     cancel_requested: bool = False
+    platform: str = field(default="", compare=False)
+    """Where it was asked: its thread's platform, derived by the store (not compared)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from bot.errors import (
     error_record,
     restore_error,
 )
+from bot.logs import job_context
 from bot.models import (
     HistoryTurn,
     Image,
@@ -90,17 +91,25 @@ class JobRunner:
             log.error("job %s has no platform to answer on here", job.id)
             return
         live = self.board.watch(job, sink)
+        fields = job_context(
+            job_id=job.id, thread_id=job.thread_id, platform=job.platform, provider=job.provider
+        )
         try:
-            if job.status is JobStatus.MADE:
-                await self._deliver_made(live)
-            elif job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                await self._report(live, restore_error(job.error))
-            else:
-                if job.provider_request_id is not None:
-                    log.info("resuming job %s: polling its stored provider request", job.id)
-                await self._generate(live)
+            with fields:
+                await self._step(live)
         finally:
             self.board.forget(job.id)
+
+    async def _step(self, live: LiveJob) -> None:
+        job = live.job
+        if job.status is JobStatus.MADE:
+            await self._deliver_made(live)
+        elif job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            await self._report(live, restore_error(job.error))
+        else:
+            if job.provider_request_id is not None:
+                log.info("resuming job %s: polling its stored provider request", job.id)
+            await self._generate(live)
 
     async def _generate(self, live: LiveJob) -> None:
         job = live.job

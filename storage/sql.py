@@ -874,4 +874,5 @@ def _job(row: Row[Any]) -> Job:
         lease_until=m["lease_until"],
         settled=bool(m["settled"]),
         cancel_requested=bool(m["cancel_requested"]),
+        platform=m["platform"],
     )
