@@ -68,6 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(console)
     console.add_argument("--output-dir", type=Path, help="IMAGINE_OUTPUT_DIR (default ./out)")
+    purge = sub.add_parser(
+        "purge",
+        help="delete the images of turns older than IMAGINE_RETENTION_DAYS (for cron)",
+        description="Remove the stored bytes of images that only turns older than "
+        "IMAGINE_RETENTION_DAYS use (their text stays; images a newer turn or an unfinished "
+        "job needs are kept), then give SQLite's space back. A running bot does this hourly.",
+    )
+    common(purge)
+    purge.add_argument(
+        "--days", type=int, help="retention in days (default: IMAGINE_RETENTION_DAYS)"
+    )
     return parser
 
 
@@ -108,6 +119,7 @@ async def open_core(settings: Settings) -> AsyncIterator[ImagineBot]:
             per_user_queued=settings.user_max_queued,
         ),
         history_turns=settings.history_turns,
+        retention_days=settings.retention_days,
         default_aspect_ratio=settings.default_aspect_ratio,
         job_timeout=settings.job_timeout,
         lease=settings.job_lease,
@@ -201,6 +213,32 @@ async def console(settings: Settings) -> int:
     return 0
 
 
+async def purge(settings: Settings, days: int | None = None) -> int:
+    """`imagine-bot purge`: one retention sweep, without serving anything."""
+    from bot.models import now
+    from storage import open_store
+
+    days = settings.retention_days if days is None else days
+    if days < 0:
+        print("imagine-bot purge: --days must be 0 or more", file=sys.stderr)
+        return 2
+    if days == 0:
+        print("imagine-bot purge: IMAGINE_RETENTION_DAYS is 0 (keep forever); nothing to do.")
+        return 0
+    store = await open_store(settings.database_url)
+    try:
+        result = await store.purge_images(
+            before=now() - days * 86400, history_turns=settings.history_turns
+        )
+    finally:
+        await store.close()
+    print(
+        f"imagine-bot purge: removed {result.images} image(s), "
+        f"{result.bytes / (1024 * 1024):.1f} MB, used only by turns older than {days} day(s)"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -215,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "console":
             return asyncio.run(console(settings))
+        if args.command == "purge":
+            return asyncio.run(purge(settings, args.days))
         return asyncio.run(serve(settings))
     except StartupError as exc:
         print(f"imagine-bot: {exc}", file=sys.stderr)

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
 
     # storage -------------------------------------------------------------------------------
     database_url: str = Field(default="sqlite:///./data/imagine-bot.db", alias="DATABASE_URL")
+    retention_days: int = Field(default=0, alias="IMAGINE_RETENTION_DAYS", ge=0, le=36500)
 
     # scheduler -----------------------------------------------------------------------------
     concurrency: int = Field(default=4, alias="IMAGINE_CONCURRENCY", ge=1, le=256)

@@ -13,12 +13,15 @@ anything runs (durable before visible) and puts it in the shared queue; a worker
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from bot.errors import (
     Cancelled,
+    ImageExpired,
     NotAllowed,
     ShuttingDown,
     UnknownTurn,
@@ -44,7 +47,7 @@ from bot.queue import Limits
 from bot.runner import JobRunner, history_note, safe_fail
 from bot.scheduler import StopReason, Worker
 from bot.sinks import Delivery, Phase, Progress, ReplySink, SinkFactory
-from bot.store import Store
+from bot.store import PurgeResult, Store
 
 __all__ = [
     "Delivery",
@@ -64,6 +67,8 @@ DEFAULT_HISTORY_TURNS = 8
 EVENT_MEMORY = 24 * 3600
 """Seconds a platform event id is remembered for deduplication (Slack retries within
 minutes); older ones are dropped at start-up so the table does not grow forever."""
+RETENTION_SWEEP_INTERVAL = 3600.0
+"""Seconds between two retention sweeps (`IMAGINE_RETENTION_DAYS`)."""
 
 
 # --- what adapters send in -----------------------------------------------------------------
@@ -118,6 +123,8 @@ class ImagineBot:
         job_timeout: float = 180.0,
         lease: float = 30.0,
         poll: float = 1.0,
+        retention_days: int = 0,
+        retention_interval: float = RETENTION_SWEEP_INTERVAL,
     ) -> None:
         self.store = store
         self.provider = provider
@@ -136,7 +143,12 @@ class ImagineBot:
             self._sink_for,
             history_turns=history_turns,
             job_timeout=job_timeout,
+            retention_days=retention_days,
         )
+        self.history_turns = history_turns
+        self.retention_days = retention_days
+        self.retention_interval = retention_interval
+        self._sweeper: asyncio.Task[None] | None = None
         self._sink_factories: dict[str, SinkFactory] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -153,6 +165,8 @@ class ImagineBot:
             log.info("forgot %d platform event id(s) older than a day", forgotten)
         await self.worker.start()
         self.board.start()
+        if self.retention_days > 0 and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="retention-sweep")
 
     async def resume_unfinished(self) -> int:
         """Serve the shared queue for every registered platform (call once the adapters
@@ -162,11 +176,45 @@ class ImagineBot:
 
     async def shutdown(self, grace: float) -> list[str]:
         """Stop taking work; running jobs get `grace` s; the rest are handed over."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         left = await self.worker.drain(grace)
         await self.board.stop()
         if left:
             log.info("left %d unfinished job(s) to other processes or the next start", len(left))
         return left
+
+    def retention_cutoff(self) -> float | None:
+        """Turns made before this (epoch seconds) lose their images; None: kept forever."""
+        return now() - self.retention_days * 86400 if self.retention_days > 0 else None
+
+    async def purge_expired(self) -> PurgeResult:
+        """One retention sweep (`imagine-bot purge`, and hourly while running): the bytes
+        of images only turns older than `IMAGINE_RETENTION_DAYS` need are removed, by the rule
+        in `storage.retention`; the conversation's text stays."""
+        cutoff = self.retention_cutoff()
+        if cutoff is None:
+            return PurgeResult(0, 0)
+        result = await self.store.purge_images(before=cutoff, history_turns=self.history_turns)
+        if result.images:
+            log.info(
+                "retention: removed %d image(s), %d bytes, older than %d day(s)",
+                result.images,
+                result.bytes,
+                self.retention_days,
+            )
+        return result
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.purge_expired()
+            except Exception:
+                log.exception("retention sweep failed; trying again next time")
+            await asyncio.sleep(self.retention_interval)
 
     async def idle(self) -> None:
         """Wait until this process has no job running and none of its own waiting."""
@@ -207,6 +255,8 @@ class ImagineBot:
         ratio = parse_aspect_ratio(request.aspect_ratio)
         check_reference_count(len(request.references), self._max_references)
         target, follow_latest = await self._edit_target(request)
+        if target.turn_id is not None:
+            await self._check_images(target.turn_id)
         self.check_admission(request.user_id)
         job = self._new_job(
             thread_id=target.thread_id,
@@ -227,6 +277,7 @@ class ImagineBot:
     ) -> Job:
         """Same prompt, same references, same parent: a new take on one turn."""
         turn = await self._turn(turn_id)
+        await self._check_images(turn.parent_id, turn.reference_shas)
         self.check_admission(user_id)
         job = Job(
             id=new_id(),
@@ -259,6 +310,7 @@ class ImagineBot:
             raise UnknownTurn(detail=f"job {job_id} is not a failed job")
         if failed.parent_turn_id is not None:
             await self._turn(failed.parent_turn_id)  # the image it edited must still exist
+        await self._check_images(failed.parent_turn_id, failed.reference_shas)
         self.check_admission(user_id)
         job = replace(
             failed,
@@ -288,6 +340,10 @@ class ImagineBot:
         if turn.user_id != user_id and not moderator:
             raise NotAllowed()
         await self.store.mark_turn_deleted(turn.id)
+        # its images go too, unless another turn or a job still needs them (shared)
+        await self.store.purge_images(
+            before=self.retention_cutoff(), history_turns=self.history_turns, turn_ids=[turn.id]
+        )
         return turn
 
     async def cancel(self, job_id: str, user_id: str, *, moderator: bool = False) -> bool:
@@ -396,6 +452,18 @@ class ImagineBot:
         if turn is None or turn.deleted:
             raise UnknownTurn(detail=f"turn {turn_id}")
         return turn
+
+    async def _check_images(self, parent_id: str | None, references: Sequence[str] = ()) -> None:
+        """Raise `ImageExpired` when a job from `parent_id` with `references` would need an
+        image retention removed: the references, and the images of the parent's path that
+        the provider is sent (capped at the history length)."""
+        shas = list(references)
+        if parent_id is not None:
+            for turn in await self.store.turn_path(parent_id, self.history_turns):
+                shas += [turn.result_sha, *turn.reference_shas]
+        missing = await self.store.missing_images(shas)
+        if missing:
+            raise ImageExpired(self.retention_days, detail=f"purged: {sorted(missing)}")
 
     async def _edit_target(self, request: EditRequest) -> tuple[_Target, bool]:
         """What to edit, and whether to follow the thread's latest turn when the job starts.

@@ -334,6 +334,21 @@ class UnknownTurn(ImagineError):
         )
 
 
+class ImageExpired(ImagineError):
+    """An edit, reroll or retry needs an image whose bytes retention removed
+    (`IMAGINE_RETENTION_DAYS`); the conversation's text is still there."""
+
+    code = "image_expired"
+
+    def __init__(self, days: int = 0, *, detail: str | None = None) -> None:
+        self.days = days
+        age = f" is older than {days} day{'' if days == 1 else 's'} and" if days > 0 else ""
+        super().__init__(
+            f"That image{age} has been cleaned up; start again with /imagine.",
+            detail=detail,
+        )
+
+
 class NotAllowed(ImagineError):
     code = "not_allowed"
 

@@ -18,6 +18,7 @@ from dataclasses import replace
 from bot.errors import (
     BadApiKey,
     Cancelled,
+    ImageExpired,
     ImagineError,
     InternalError,
     ProviderTimeout,
@@ -74,6 +75,7 @@ class JobRunner:
         *,
         history_turns: int,
         job_timeout: float,
+        retention_days: int = 0,
     ) -> None:
         self.store = store
         self.provider = provider
@@ -83,6 +85,7 @@ class JobRunner:
         self.history_turns = history_turns
         self.job_timeout = job_timeout
         """Seconds a job may spend at the provider in all, every retry included."""
+        self.retention_days = retention_days
 
     async def run(self, job: Job) -> None:
         """Do what is left of a claimed job's life: generate, deliver, or report."""
@@ -249,8 +252,8 @@ class JobRunner:
 
     async def _image(self, sha: str) -> Image:
         image = await self.store.get_image(sha)
-        if image is None:
-            raise UnknownTurn(detail=f"image {sha} missing from the store")
+        if image is None:  # rows are only ever emptied by retention or a delete
+            raise ImageExpired(self.retention_days, detail=f"image {sha} has no bytes")
         return image
 
     async def _history_notes(self, parent_turn_id: str | None) -> tuple[str, ...]:

@@ -7,10 +7,19 @@ sha256 and written once however often they are used.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bot.models import JSON, Image, Job, JobStatus, Thread, ThreadKey, Turn
 from bot.queue import ClaimRequest, QueueView
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What a purge removed: how many images lost their bytes, and how many bytes."""
+
+    images: int
+    bytes: int
 
 
 @runtime_checkable
@@ -22,7 +31,26 @@ class Store(Protocol):
         """Insert images not stored yet (deduplicated by sha256)."""
         ...
 
-    async def get_image(self, sha256: str) -> Image | None: ...
+    async def get_image(self, sha256: str) -> Image | None:
+        """The image, or None when it was never stored or its bytes were purged."""
+        ...
+
+    async def missing_images(self, shas: Sequence[str]) -> set[str]:
+        """Which of `shas` have no bytes: never stored, or purged by retention."""
+        ...
+
+    async def purge_images(
+        self,
+        *,
+        before: float | None,
+        history_turns: int,
+        turn_ids: Sequence[str] = (),
+    ) -> PurgeResult:
+        """Remove the bytes of images nothing may need any more, by the rule in
+        `storage.retention`: with `before` (epoch seconds), those first stored earlier;
+        with `turn_ids` (just deleted), those of their reach. Turns keep their rows and text;
+        their images read as missing (`get_image` is None). SQLite gives the space back."""
+        ...
 
     # threads --------------------------------------------------------------------------------
     async def create_thread(self, thread: Thread) -> Thread:

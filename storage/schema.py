@@ -29,7 +29,12 @@ images = sa.Table(
     sa.Column("data", sa.LargeBinary(), nullable=False),
     sa.Column("size", sa.Integer(), nullable=False),
     sa.Column("created_at", sa.Double(), nullable=False),
+    sa.Column("purged_at", sa.Double(), nullable=True),
 )
+"""Images by sha256, shared by every turn and job that uses them. Retention and deletion
+empty `data` (and `size`) and stamp `purged_at`: the row stays, so the turns that used it
+keep their foreign key and their text, and a reader sees the image as gone
+(`SqlStore.purge_images`)."""
 
 threads = sa.Table(
     "threads",

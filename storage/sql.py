@@ -8,6 +8,7 @@ the in-process write lock SQLite needs because it allows a single writer.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -25,10 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from bot.errors import Cancelled, UserQueueFull
 from bot.models import JSON, Image, Job, JobStatus, Thread, ThreadKey, Turn, TurnKind, Usage, now
 from bot.queue import ClaimRequest, QueueEntry, QueueView, last_served, plan_claims
+from bot.store import PurgeResult
 from storage.notify import JOBS_CHANNEL, listen_for_jobs
+from storage.retention import JobUse, RetentionPlan, TurnUse
 from storage.schema import events, images, jobs, kv, message_links, threads, turns
 
 CANCELLED_CODE = Cancelled.code
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -76,6 +81,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
+        # Before the first table exists this sets up a new file so that a purge can give its
+        # space back (`PRAGMA incremental_vacuum`); an older file is converted once by
+        # `SqlStore.upgrade`. Either way the pragma is a no-op afterwards.
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -156,6 +165,23 @@ class SqlStore:
             if not self.is_sqlite:
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
             await conn.run_sync(_upgrade_head, alembic_config())
+        if self.is_sqlite:
+            await self._sqlite_incremental_vacuum_on()
+
+    async def _sqlite_incremental_vacuum_on(self) -> None:
+        """Switch a file made before retention existed to `auto_vacuum=INCREMENTAL`.
+
+        The setting only takes effect through a full `VACUUM` (once: it rewrites the file,
+        so it needs about the file's size free on disk), which cannot run in a transaction.
+        """
+        assert self._write_lock is not None
+        async with self._write_lock.hold(), self._reader.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA auto_vacuum")).scalar()
+            if mode == 2:
+                return
+            log.warning("converting the SQLite database to incremental vacuum (once)")
+            await conn.exec_driver_sql("PRAGMA auto_vacuum=INCREMENTAL")
+            await conn.exec_driver_sql("VACUUM")
 
     # plumbing -------------------------------------------------------------------------------
     @asynccontextmanager
@@ -190,8 +216,11 @@ class SqlStore:
             return
         # Skip the bytes of images already stored (references are reused a lot); ON CONFLICT
         # still covers a concurrent writer. Sorted, so concurrent writers lock in one order.
+        # A purged image (retention) counts as missing: its bytes are written back.
         present = await conn.execute(
-            sa.select(images.c.sha256).where(images.c.sha256.in_(list(by_sha)))
+            sa.select(images.c.sha256).where(
+                images.c.sha256.in_(list(by_sha)), images.c.purged_at.is_(None)
+            )
         )
         missing = sorted(set(by_sha) - set(present.scalars()))
         if not missing:
@@ -204,10 +233,23 @@ class SqlStore:
                 "data": by_sha[sha].data,
                 "size": by_sha[sha].size,
                 "created_at": created_at,
+                "purged_at": None,
             }
             for sha in missing
         ]
-        await conn.execute(self._insert(images).on_conflict_do_nothing(), rows)
+        insert = self._insert(images)
+        revive = insert.on_conflict_do_update(
+            index_elements=[images.c.sha256],
+            set_={
+                "data": insert.excluded.data,
+                "size": insert.excluded.size,
+                "mime": insert.excluded.mime,
+                "created_at": insert.excluded.created_at,
+                "purged_at": None,
+            },
+            where=images.c.purged_at.is_not(None),
+        )
+        await conn.execute(revive, rows)
 
     # images ---------------------------------------------------------------------------------
     async def put_images(self, images: Sequence[Image]) -> None:
@@ -219,11 +261,150 @@ class SqlStore:
 
     async def get_image(self, sha256: str) -> Image | None:
         row = await self._row(
-            sa.select(images.c.data, images.c.mime).where(images.c.sha256 == sha256)
+            sa.select(images.c.data, images.c.mime).where(
+                images.c.sha256 == sha256, images.c.purged_at.is_(None)
+            )
         )
         if row is None:
             return None
         return Image(data=bytes(row.data), mime=row.mime, sha256=sha256)
+
+    async def missing_images(self, shas: Sequence[str]) -> set[str]:
+        """Which of `shas` have no bytes: never stored, or purged by retention."""
+        wanted = set(shas)
+        if not wanted:
+            return set()
+        rows = await self._rows(
+            sa.select(images.c.sha256).where(
+                images.c.sha256.in_(sorted(wanted)), images.c.purged_at.is_(None)
+            )
+        )
+        return wanted - {row.sha256 for row in rows}
+
+    async def purge_images(
+        self,
+        *,
+        before: float | None,
+        history_turns: int,
+        turn_ids: Sequence[str] = (),
+    ) -> PurgeResult:
+        """Remove the bytes of images nothing may need any more; see `bot.store.Store`."""
+        at = now()
+        async with self._write() as conn:
+            await self._lock_queue(conn)  # no job is admitted half-way through (PostgreSQL)
+            result = await self._purge(conn, before, history_turns, turn_ids, at)
+        if result.images and self.is_sqlite:
+            await self._sqlite_incremental_vacuum()
+        return result
+
+    async def _purge(
+        self,
+        conn: AsyncConnection,
+        before: float | None,
+        history_turns: int,
+        turn_ids: Sequence[str],
+        at: float,
+    ) -> PurgeResult:
+        turn_rows = (
+            await conn.execute(
+                sa.select(
+                    turns.c.id,
+                    turns.c.parent_id,
+                    turns.c.thread_id,
+                    turns.c.result_sha,
+                    turns.c.reference_shas,
+                    turns.c.created_at,
+                    turns.c.deleted,
+                )
+            )
+        ).all()
+        job_filter = jobs.c.settled.is_(False)
+        retryable: sa.ColumnElement[bool] = jobs.c.status.in_(
+            [JobStatus.FAILED.value, JobStatus.CANCELLED.value]
+        )
+        if before is not None:
+            retryable = sa.and_(retryable, jobs.c.created_at >= before)
+        job_rows = (
+            await conn.execute(
+                sa.select(
+                    jobs.c.thread_id,
+                    jobs.c.reference_shas,
+                    jobs.c.parent_turn_id,
+                    jobs.c.turn_id,
+                    jobs.c.follow_latest,
+                    jobs.c.settled,
+                ).where(sa.or_(job_filter, retryable))
+            )
+        ).all()
+        candidates: set[str] = set()
+        if before is not None:
+            old = await conn.execute(
+                sa.select(images.c.sha256).where(
+                    images.c.created_at < before, images.c.purged_at.is_(None)
+                )
+            )
+            candidates.update(old.scalars())
+        plan = RetentionPlan(
+            [
+                TurnUse(
+                    id=r.id,
+                    parent_id=r.parent_id,
+                    thread_id=r.thread_id,
+                    shas=(r.result_sha, *(r.reference_shas or ())),
+                    created_at=r.created_at,
+                    deleted=bool(r.deleted),
+                )
+                for r in turn_rows
+            ],
+            history_turns,
+        )
+        for turn_id in turn_ids:
+            candidates.update(plan.path_shas(turn_id))
+        if not candidates:
+            return PurgeResult(0, 0)
+        needed = plan.needed(
+            before,
+            [
+                JobUse(
+                    thread_id=r.thread_id,
+                    reference_shas=tuple(r.reference_shas or ()),
+                    parent_turn_id=r.parent_turn_id,
+                    turn_id=r.turn_id,
+                    follow_latest=bool(r.follow_latest) and not r.settled,
+                )
+                for r in job_rows
+            ],
+        )
+        doomed = sorted(candidates - needed)
+        count = freed = 0
+        for start in range(0, len(doomed), 500):
+            chunk = doomed[start : start + 500]
+            sizes = await conn.execute(
+                sa.select(images.c.size).where(
+                    images.c.sha256.in_(chunk), images.c.purged_at.is_(None)
+                )
+            )
+            found = list(sizes.scalars())
+            if not found:
+                continue
+            count += len(found)
+            freed += sum(found)
+            await conn.execute(
+                sa.update(images)
+                .where(images.c.sha256.in_(chunk), images.c.purged_at.is_(None))
+                .values(data=b"", size=0, purged_at=at)
+            )
+        return PurgeResult(count, freed)
+
+    async def _sqlite_incremental_vacuum(self) -> None:
+        """Give the pages a purge freed back to the file system (outside a transaction)."""
+        assert self._write_lock is not None
+        async with self._write_lock.hold(), self._reader.connect() as conn:
+            # The pragma frees one page per step, and a DB-API execute takes one step:
+            # run it as a script (sqlite3_exec steps it to the end).
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection  # aiosqlite's connection
+            await driver.executescript("PRAGMA incremental_vacuum")
 
     # threads --------------------------------------------------------------------------------
     async def create_thread(self, thread: Thread) -> Thread:
