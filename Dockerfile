@@ -42,6 +42,7 @@ VOLUME ["/data"]
 # Slack HTTP mode listens here (Socket Mode and Discord need no inbound port).
 EXPOSE 3000
 # SIGTERM: running jobs get IMAGINE_SHUTDOWN_GRACE seconds, the rest go to other replicas
-# (or resume on the next start). Give the container longer than that before SIGKILL.
+# (or resume on the next start). Give the container longer than that before SIGKILL:
+# `docker run --stop-timeout 30 …` (Docker's default is 10 s), `stop_grace_period` in compose.
 STOPSIGNAL SIGTERM
 CMD ["imagine-bot", "run"]
