@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from bot.config import Settings, SettingsError, StartupError, load_settings
 from bot.core import ImagineBot
+from bot.health import open_health
 from bot.logs import setup_logging
 from bot.providers import build_provider
 from bot.queue import Limits
@@ -28,7 +29,11 @@ log = logging.getLogger("imagine-bot")
 
 
 class Adapter(Protocol):
+    name: str
+
     async def start(self) -> None: ...
+
+    async def ready(self) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -180,11 +185,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         return 2
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    async with open_core(settings) as core:
+    async with open_core(settings) as core, open_health(settings, core.store) as health:
         started: list[Adapter] = []
         try:
             # constructing an adapter registers its sink factory, so resumed jobs can deliver
-            for adapter in _adapters(core, settings):
+            adapters = _adapters(core, settings)
+            health.watch([(adapter.name, adapter.ready) for adapter in adapters])
+            for adapter in adapters:
                 started.append(adapter)  # closed below even if its start fails half-way
                 await adapter.start()
             resumed = await core.resume_unfinished()
