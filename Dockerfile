@@ -5,7 +5,15 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    DATABASE_URL=sqlite:////data/imagine-bot.db
+    DATABASE_URL=sqlite:////data/imagine-bot.db \
+    IMAGINE_METRICS_PORT=9100 \
+    IMAGINE_METRICS_HOST=0.0.0.0
+
+# GET /metrics (Prometheus), /healthz and /readyz on port 9100; the health check asks
+# /healthz with Python (the slim image has no curl). Set IMAGINE_METRICS_PORT to move it.
+EXPOSE 9100
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('IMAGINE_METRICS_PORT') or '9100'), timeout=4)"]
 
 WORKDIR /app
 
@@ -34,6 +42,7 @@ VOLUME ["/data"]
 # Slack HTTP mode listens here (Socket Mode and Discord need no inbound port).
 EXPOSE 3000
 # SIGTERM: running jobs get IMAGINE_SHUTDOWN_GRACE seconds, the rest go to other replicas
-# (or resume on the next start). Give the container longer than that before SIGKILL.
+# (or resume on the next start). Give the container longer than that before SIGKILL:
+# `docker run --stop-timeout 30 …` (Docker's default is 10 s), `stop_grace_period` in compose.
 STOPSIGNAL SIGTERM
 CMD ["imagine-bot", "run"]

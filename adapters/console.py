@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from bot.config import StartupError
 from bot.core import Delivery, EditRequest, ImagineBot, ImagineRequest, Phase, Progress
 from bot.errors import ImagineError
 from bot.inputs import split_prompt_flags
@@ -55,7 +58,18 @@ class ConsoleSink:
         turn = delivery.turn
         name = f"{turn.thread_id}-{datetime.now():%Y%m%d-%H%M%S}-{turn.id[:6]}.png"
         path = self.output_dir / name
-        await asyncio.to_thread(_write_file, path, delivery.image.data)
+        try:
+            await asyncio.to_thread(_write_file, path, delivery.image.data)
+        except OSError as exc:
+            # The image is stored with its thread, so the next edit still builds on it.
+            where = await asyncio.to_thread(os.path.abspath, path)
+            self.write(
+                f"✗ couldn't save the image as {where} ({_reason(exc)}). "
+                "Make that folder writable, or restart with another IMAGINE_OUTPUT_DIR "
+                "(--output-dir); the image is kept in this thread, so your next edit "
+                "builds on it."
+            )
+            return None
         for note in delivery.notes:
             self.write(f"note: {note}")
         made_by = "offline demo" if turn.provider == "demo" else f"{turn.provider} {turn.model}"
@@ -69,6 +83,27 @@ class ConsoleSink:
 def _write_file(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Create the output folder if missing and make sure files can be written in it;
+    else `StartupError` with one line naming the folder."""
+    folder = os.path.abspath(output_dir)
+    hint = "choose another folder with --output-dir or IMAGINE_OUTPUT_DIR"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise StartupError(f"the output folder {folder} is a file, not a folder; {hint}")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir, prefix=".imagine-bot-check-"):
+            pass
+    except OSError as exc:
+        raise StartupError(
+            f"cannot write images to the output folder {folder} ({_reason(exc)}); {hint}"
+        ) from None
 
 
 class ConsoleAdapter:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from bot.config import Settings, SettingsError, StartupError, load_settings
 from bot.core import ImagineBot
+from bot.health import open_health
 from bot.logs import setup_logging
 from bot.providers import build_provider
 from bot.queue import Limits
@@ -28,9 +29,22 @@ log = logging.getLogger("imagine-bot")
 
 
 class Adapter(Protocol):
+    name: str
+
     async def start(self) -> None: ...
 
+    async def ready(self) -> bool: ...
+
     async def close(self) -> None: ...
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imagine-bot")
+    except PackageNotFoundError:
+        return "(not installed: run pip install -e .)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Generate and refine images with Gemini 2.5 Flash Image from Discord, "
         "Slack or the terminal. Configuration comes from the environment and .env "
         "(see .env.example); the options below override it.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -99,9 +116,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 @contextlib.asynccontextmanager
 async def open_core(settings: Settings) -> AsyncIterator[ImagineBot]:
     """Store, provider and core, closed in the right order however the block ends."""
-    from storage import open_store, redact_url
+    from storage import DatabaseUnavailable, open_store, redact_url
 
-    store = await open_store(settings.database_url)
+    try:
+        store = await open_store(settings.database_url)
+    except DatabaseUnavailable as exc:
+        raise StartupError(str(exc)) from None
     provider = build_provider(settings)
     log.info(
         "provider %s, model %s, database %s",
@@ -165,11 +185,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         return 2
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    async with open_core(settings) as core:
+    async with open_core(settings) as core, open_health(settings, core.store) as health:
         started: list[Adapter] = []
         try:
             # constructing an adapter registers its sink factory, so resumed jobs can deliver
-            for adapter in _adapters(core, settings):
+            adapters = _adapters(core, settings)
+            health.watch([(adapter.name, adapter.ready) for adapter in adapters])
+            for adapter in adapters:
                 started.append(adapter)  # closed below even if its start fails half-way
                 await adapter.start()
             resumed = await core.resume_unfinished()
@@ -193,8 +215,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
 
 
 async def console(settings: Settings) -> int:
-    from adapters.console import ConsoleAdapter
+    from adapters.console import ConsoleAdapter, check_output_dir
 
+    check_output_dir(settings.output_dir)
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with open_core(settings) as core:

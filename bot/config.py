@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(default="text", alias="LOG_FORMAT")
 
+    # metrics and health --------------------------------------------------------------------
+    metrics_port: int | None = Field(default=None, alias="IMAGINE_METRICS_PORT", ge=0, le=65535)
+    metrics_host: str = Field(default="127.0.0.1", alias="IMAGINE_METRICS_HOST", min_length=1)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -171,7 +175,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be comma-separated numeric guild ids, got {part!r}")
         return value
 
-    @field_validator("discord_shard_count", mode="before")
+    @field_validator("discord_shard_count", "metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

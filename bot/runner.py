@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+from bot import metrics
 from bot.errors import (
     BadApiKey,
     Cancelled,
@@ -137,7 +138,10 @@ class JobRunner:
             await safe_progress(live.sink, Progress(job, Phase.GENERATING))
             request, notes = await self._build_request(job)
             try:
-                async with asyncio.timeout(max(deadline - now(), RESUME_BUDGET)):
+                async with (
+                    metrics.provider_call(job.provider),
+                    asyncio.timeout(max(deadline - now(), RESUME_BUDGET)),
+                ):
                     result = await self.provider.generate(
                         request,
                         ProviderCall(resume_id=job.provider_request_id, on_submitted=submitted),
@@ -149,6 +153,7 @@ class JobRunner:
             turn = self._new_turn(job, result, time.monotonic() - start)
             if not await self.store.make_job(job.id, worker, turn, result.images):
                 return
+            metrics.images_made(job.provider, len(result.images))
         except asyncio.CancelledError:
             if self.worker.stop_reason(job.id) is StopReason.USER:
                 await asyncio.shield(self._fail(live, JobStatus.CANCELLED, Cancelled()))
@@ -198,13 +203,16 @@ class JobRunner:
             return
         thread = await self.store.get_thread(job.thread_id)
         platform = thread.key.platform if thread is not None else ""
-        await self.store.deliver_job(job.id, self.worker.id, platform, message_id)
+        if await self.store.deliver_job(job.id, self.worker.id, platform, message_id):
+            metrics.job_ended("done", "done", job.created_at)
 
     async def _fail(self, live: LiveJob, status: JobStatus, error: ImagineError) -> None:
         """Record a failure or cancellation, then show it (durable before visible)."""
         record = error_record(error)
         if not await self.store.fail_job(live.job.id, self.worker.id, status, record):
             return  # taken over: the new owner decides what the user sees
+        kind = "cancelled" if status is JobStatus.CANCELLED else "failed"
+        metrics.job_ended(error.code, kind, live.job.created_at)
         live.job = replace(live.job, status=status, error=record)
         await self._report(live, error)
 

@@ -31,7 +31,7 @@ from .convert import (
     interaction_destination,
     modal_value,
 )
-from .respond import report, send_error, turn_is_known
+from .respond import acked, report, send_error, turn_is_known
 from .runtime import ActionHandler, Runtime
 from .sink import DiscordSink
 
@@ -55,6 +55,7 @@ async def start_job(
     """A button or modal that makes a new image: "thinking…" at once, the image later as
     this interaction's response (or a channel message once its token expired)."""
     await interaction.response.defer(thinking=True)
+    acked(interaction)
     destination = interaction_destination(interaction)
     try:
         await start(DiscordSink(runtime, destination), destination.to_json())

@@ -150,6 +150,8 @@ class ImagineClient(discord.AutoShardedClient):
 class DiscordAdapter:
     """Runs imagine-bot on Discord until `close`. `start` returns once it is ready."""
 
+    name = PLATFORM
+
     def __init__(
         self,
         core: ImagineBot,
@@ -199,6 +201,13 @@ class DiscordAdapter:
             "Discord: logged in as %s; invite the bot with %s", self.client.user, self.invite_url
         )
         self.runtime.ready.set()
+
+    async def ready(self) -> bool:
+        """Started and every shard's gateway connection open (`/readyz`)."""
+        client = self.client
+        if not self.runtime.ready.is_set() or not client.is_ready() or client.is_closed():
+            return False
+        return bool(client.shards) and not any(s.is_closed() for s in client.shards.values())
 
     async def close(self) -> None:
         self.runtime.ready.clear()

@@ -31,7 +31,7 @@ from .convert import (
     parse_message_target,
     thread_key,
 )
-from .respond import report, send_error
+from .respond import acked, report, send_error
 from .runtime import AttachmentRef, Runtime
 from .sink import DiscordSink
 
@@ -55,8 +55,10 @@ async def start_imagine(
         attachments.check(refs, runtime.cdn_hosts)
     except ImagineError as error:
         await interaction.response.send_message(error_text(error), ephemeral=True)
+        acked(interaction)
         return
     await interaction.response.defer(thinking=True)
+    acked(interaction)
     try:
         await _imagine(runtime, interaction, prompt, refs, aspect_ratio)
     except Exception as exc:
@@ -119,6 +121,7 @@ async def submit_image_modal(
     data: Any = interaction.data or {}
     prompt = modal_value(data.get("components") or ())
     await interaction.response.defer(thinking=True)
+    acked(interaction)
     try:
         refs = runtime.targets.get(str(data.get("custom_id"))) or await _refetch(runtime, target)
         if not refs:  # the message was deleted or lost its pictures since the menu opened

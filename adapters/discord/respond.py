@@ -14,15 +14,23 @@ from typing import Any
 
 import discord
 
+from bot import metrics
 from bot.errors import ImagineError, InternalError
 
-from .convert import error_text
+from .convert import PLATFORM, error_text
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 LOOKUP_BUDGET = 1.5
 """Seconds a handler may spend looking something up before it must answer Discord."""
+
+
+def acked(interaction: discord.Interaction[Any]) -> None:
+    """Record the acknowledgement latency: how long Discord's 3-second clock, which starts
+    at the interaction's creation (its snowflake time), had run when it was answered."""
+    seconds = (discord.utils.utcnow() - interaction.created_at).total_seconds()
+    metrics.acked(PLATFORM, seconds)
 
 
 async def send_error(interaction: discord.Interaction[Any], error: ImagineError) -> None:

@@ -56,6 +56,8 @@ class SlackAdapter:
     requests. Jobs already accepted keep answering through the Web API until the core drains.
     """
 
+    name = PLATFORM
+
     def __init__(
         self, core: ImagineBot, settings: Settings, *, progress_interval: float = 1.0
     ) -> None:
@@ -111,6 +113,12 @@ class SlackAdapter:
                 EVENTS_PATH,
                 identity,
             )
+
+    async def ready(self) -> bool:
+        """Socket Mode: the websocket is connected; HTTP mode: the listener is up (`/readyz`)."""
+        if self.socket_mode:
+            return self._socket is not None and await self._socket.client.is_connected()
+        return self._runner is not None
 
     async def close(self) -> None:
         if self._socket is not None:

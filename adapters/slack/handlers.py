@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -46,6 +47,7 @@ from adapters.slack.convert import (
 )
 from adapters.slack.files import SlackFiles
 from adapters.slack.sink import NowhereSink, SlackSink
+from bot import metrics
 from bot.core import EditRequest, ImagineBot, ImagineRequest, ReplySink
 from bot.errors import ImagineError, InternalError, UnknownTurn
 from bot.models import JSON, Job, JobStatus, Thread, ThreadKey, Turn
@@ -107,6 +109,7 @@ class SlackHandlers:
         respond: AsyncRespond,
         context: AsyncBoltContext,
     ) -> None:
+        received = time.monotonic()
         user = str(command.get("user_id") or "")
         channel = str(command.get("channel_id") or "")
         try:
@@ -115,8 +118,10 @@ class SlackHandlers:
         except ImagineError as error:
             text = f"{blocks.error_text(error.user_message)}\n{USAGE}"
             await ack(text=text, response_type="ephemeral")
+            metrics.acked(PLATFORM, time.monotonic() - received)
             return
         await ack()
+        metrics.acked(PLATFORM, time.monotonic() - received)
         team = workspace(context, command)
         head = blocks.header(user, "imagine", prompt)
         try:
@@ -219,7 +224,9 @@ class SlackHandlers:
     # --- buttons ----------------------------------------------------------------------------------
 
     async def on_action(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        received = time.monotonic()
         await ack()
+        metrics.acked(PLATFORM, time.monotonic() - received)
         user = str((body.get("user") or {}).get("id") or "")
         container = body.get("container") or {}
         channel = str((body.get("channel") or {}).get("id") or container.get("channel_id") or "")

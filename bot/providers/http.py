@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from bot import metrics
 from bot.errors import (
     MAX_IMAGE_PIXELS,
     BadApiKey,
@@ -250,10 +251,12 @@ async def request_json(
                 raise error
             if not final:
                 log.warning("%s %s → %s, retrying", method, url, response.status_code)
+                metrics.retried("rate_limited" if response.status_code == 429 else "server_error")
                 await sleep(wait if wait is not None else policy.backoff(attempt))
                 continue
         if not final:
             log.warning("%s, retrying", last)
+            metrics.retried("timeout" if isinstance(last, ProviderTimeout) else "connection")
             await sleep(policy.backoff(attempt))
     raise last
 
