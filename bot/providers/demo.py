@@ -2,10 +2,17 @@
 
 It is the default on a fresh machine. A new image is a gradient whose colours come from the
 prompt with the prompt written on it, at the pixel size of the requested aspect ratio. An
-edit starts from the previous image, tints it towards a colour named in the instruction
-("make the cup blue") or one derived from it, and adds the instruction as a caption, so every
-turn visibly builds on the last. All drawing runs in a worker thread, and an input image
-whose header declares more than `MAX_IMAGE_PIXELS` is refused before it is decoded.
+edit tints the picture towards a colour named in the instruction ("make the cup blue") or
+one derived from it, so every turn visibly builds on the last, and shows the instruction large
+on an opaque band at the bottom, with the first prompt and the earlier edits listed small at
+the top.
+
+An edit never draws over the previous image (its captions would pile up and smear): each
+turn is redrawn from a clean picture, the first prompt's gradient or an image with no demo
+captions (an upload, another provider's answer), plus the latest edits' tints. The recipe
+for that travels in the turn's `provider_state`, so a thread longer than the history cap
+redraws the same way. All drawing runs in a worker thread, deterministically, and an input
+image whose header declares more than `MAX_IMAGE_PIXELS` is refused before it is decoded.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import textwrap
+from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont, ImageOps
@@ -41,6 +49,16 @@ COLOUR_WORDS: dict[str, tuple[int, int, int]] = {
 }
 
 TOKENS_PER_IMAGE = 1290
+TINT = 0.35
+"""How far each edit moves the picture towards its colour."""
+MAX_LISTED_EDITS = 4
+"""Earlier edits listed by name in the top band; older ones are counted."""
+MAX_STEPS = MAX_LISTED_EDITS + 1
+"""Edits a thread's recipe remembers: the latest and the listed ones."""
+TINTED_STEPS = 3
+"""Edits whose tint is replayed on the clean picture, so it never fades to a flat colour."""
+BAND_COLOUR = (24, 24, 28)
+STATE_VERSION = 1
 
 
 def _colour(seed: str, salt: str) -> tuple[int, int, int]:
@@ -63,21 +81,79 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _caption(canvas: PILImage.Image, text: str, *, top: bool) -> None:
-    width, height = canvas.size
-    font = _font(max(18, width // 28))
-    lines = textwrap.wrap(text, width=max(16, width // 22))[:4]
-    if not lines:
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _fit_line(text: str, font: Font, max_width: float) -> str:
+    """`text` cut with an ellipsis so it fits on one line of `max_width` pixels."""
+    if font.getlength(text) <= max_width:
+        return text
+    while text and font.getlength(text + "…") > max_width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def _wrap(text: str, font: Font, max_width: float, max_lines: int) -> list[str]:
+    """Wrap on measured widths; the last line ends in an ellipsis when text is left over."""
+    lines: list[str] = []
+    words = text.split()
+    while words and len(lines) < max_lines:
+        line = words.pop(0)
+        while words and font.getlength(f"{line} {words[0]}") <= max_width:
+            line = f"{line} {words.pop(0)}"
+        lines.append(_fit_line(line, font, max_width))
+    if words and lines:
+        lines[-1] = _fit_line(f"{lines[-1]} {' '.join(words)}", font, max_width)
+        if not lines[-1].endswith("…"):
+            lines[-1] = _fit_line(lines[-1] + "…", font, font.getlength(lines[-1]))
+    return lines
+
+
+def _title_band(canvas: PILImage.Image, title: str | None, earlier: list[str], total: int) -> None:
+    """The top band: the thread's first prompt, then the earlier edits as a small numbered
+    list (the most recent few; older ones counted). Drawn once, on a clean picture."""
+    width, _ = canvas.size
+    pad = max(12, width // 64)
+    big, small = _font(max(18, width // 34)), _font(max(16, width // 48))
+    big_step, small_step = max(22, width // 28), max(20, width // 38)
+    rows: list[tuple[str, Font, int]] = []
+    if title:
+        rows += [(line, big, big_step) for line in _wrap(title, big, width - 2 * pad, 2)]
+    shown = earlier[-MAX_LISTED_EDITS:]
+    first = total - len(shown)  # the number of the first edit listed, minus one
+    if first > 0:
+        rows.append((f"… {first} earlier edit{'s' if first != 1 else ''}", small, small_step))
+    for i, edit in enumerate(shown, start=first + 1):
+        rows.append((_fit_line(f"{i}. {edit}", small, width - 2 * pad), small, small_step))
+    if not rows:
         return
-    line_height = max(22, width // 24)
-    box_height = line_height * len(lines) + 24
-    y0 = 0 if top else height - box_height
+    height = sum(row_height for _, _, row_height in rows) + 2 * pad
     overlay = PILImage.new("RGBA", canvas.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
-    draw.rectangle((0, y0, width, y0 + box_height), fill=(0, 0, 0, 140))
-    for i, line in enumerate(lines):
-        draw.text((16, y0 + 12 + i * line_height), line, fill=(255, 255, 255, 255), font=font)
+    draw.rectangle((0, 0, width, height), fill=(0, 0, 0, 150))
+    y = pad
+    for text, font, row_height in rows:
+        colour = (255, 255, 255, 255) if font is big else (225, 225, 225, 255)
+        draw.text((pad, y), text, fill=colour, font=font)
+        y += row_height
     canvas.alpha_composite(overlay)
+
+
+def _instruction_band(canvas: PILImage.Image, instruction: str) -> None:
+    """The bottom band: the latest instruction, large, on an opaque band, so it reads the
+    same whatever the picture (or any earlier caption) was."""
+    width, height = canvas.size
+    pad = max(12, width // 64)
+    font = _font(max(20, width // 26))
+    step = max(26, width // 22)
+    lines = _wrap(f"» {instruction}", font, width - 2 * pad, 3)
+    if not lines:
+        return
+    top = height - (step * len(lines) + 2 * pad)
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, top, width, height), fill=(*BAND_COLOUR, 255))
+    for i, line in enumerate(lines):
+        draw.text((pad, top + pad + i * step), line, fill=(255, 255, 255, 255), font=font)
 
 
 def _new_canvas(prompt: str, size: tuple[int, int]) -> PILImage.Image:
@@ -107,23 +183,107 @@ def _open_checked(data: bytes) -> PILImage.Image:
     return image
 
 
-def _render(request: ImageRequest) -> bytes:
-    size = ASPECT_SIZES.get(request.aspect_ratio, ASPECT_SIZES[DEFAULT_ASPECT_RATIO])
-    base = request.history[-1].result if request.history else None
-    if base is None and request.references:
-        base = request.references[0]
+@dataclass(frozen=True, slots=True)
+class _Recipe:
+    """How to draw a thread's image from scratch: a clean picture to start from (the first
+    prompt's gradient, or an image that carries no demo captions), then every edit's tint.
+
+    `base` is the sha of that clean image, None when the picture is the title's gradient.
+    `steps` are the latest edits (the newest last, at most `MAX_STEPS`), `total` how many
+    there were in all."""
+
+    title: str | None
+    base: str | None
+    steps: tuple[str, ...]
+    total: int
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "demo": STATE_VERSION,
+            "title": self.title,
+            "base": self.base,
+            "steps": list(self.steps),
+            "total": self.total,
+        }
+
+    @classmethod
+    def from_state(cls, state: object) -> _Recipe | None:
+        if not isinstance(state, dict) or state.get("demo") != STATE_VERSION:
+            return None
+        title, base, steps, total = (state.get(k) for k in ("title", "base", "steps", "total"))
+        if not (title is None or isinstance(title, str)) or not (
+            base is None or isinstance(base, str)
+        ):
+            return None
+        if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+            return None
+        if not isinstance(total, int) or total < len(steps):
+            return None
+        return cls(title, base, tuple(steps), total)
+
+    def then(self, instruction: str) -> _Recipe:
+        steps = (*self.steps, instruction)[-MAX_STEPS:]
+        return _Recipe(self.title, self.base, steps, self.total + 1)
+
+
+def _recipe(request: ImageRequest) -> tuple[_Recipe, dict[str, Image]]:
+    """This request's recipe, and the images its base may be found among."""
+    history = request.history
+    images = {image.sha256: image for image in request.references}
+    for turn in history:
+        images[turn.result.sha256] = turn.result
+        images.update((image.sha256, image) for image in turn.references)
+    if not history:
+        if request.references:  # an edit of an uploaded image
+            return _Recipe(None, request.references[0].sha256, (request.prompt,), 1), images
+        return _Recipe(request.prompt, None, (), 0), images
+    parent = history[-1]
+    if parent.provider == DemoProvider.name:
+        known = _Recipe.from_state(parent.provider_state)
+        if known is not None:
+            return known.then(request.prompt), images
+    # No recipe (another provider's image, or a demo turn from before recipes were kept):
+    # start from the newest image no demo caption was drawn on, and replay the edits since.
+    recipe: _Recipe | None = None
+    for turn in history:
+        if turn.provider != DemoProvider.name:
+            recipe = _Recipe(None, turn.result.sha256, (), 0)
+        elif recipe is not None:
+            recipe = recipe.then(turn.prompt)
+        elif turn.references:
+            recipe = _Recipe(None, turn.references[0].sha256, (turn.prompt,), 1)
+        else:
+            recipe = _Recipe(turn.prompt, None, (), 0)
+    assert recipe is not None
+    return recipe.then(request.prompt), images
+
+
+def _picture(recipe: _Recipe, images: dict[str, Image], size: tuple[int, int]) -> PILImage.Image:
+    """The clean picture: the base, then each edit's tint in turn. No captions."""
+    base = images.get(recipe.base) if recipe.base is not None else None
     if base is not None:
-        with _open_checked(base.data) as previous:
-            canvas = ImageOps.fit(previous.convert("RGBA"), size)
-        tint = PILImage.new("RGBA", size, (*_tint_for(request.prompt), 255))
-        canvas = PILImage.blend(canvas, tint, 0.35)
-        _caption(canvas, f"» {request.prompt}", top=False)
+        with _open_checked(base.data) as opened:
+            canvas = ImageOps.fit(opened.convert("RGBA"), size)
+    else:  # the title's gradient, or (the base fell out of the history) one from its sha
+        canvas = _new_canvas(recipe.title or recipe.base or "", size)
+    for step in recipe.steps[-TINTED_STEPS:]:
+        tint = PILImage.new("RGBA", size, (*_tint_for(step), 255))
+        canvas = PILImage.blend(canvas, tint, TINT)
+    return canvas
+
+
+def _render(request: ImageRequest) -> tuple[bytes, dict[str, Any]]:
+    size = ASPECT_SIZES.get(request.aspect_ratio, ASPECT_SIZES[DEFAULT_ASPECT_RATIO])
+    recipe, images = _recipe(request)
+    canvas = _picture(recipe, images, size)
+    if recipe.total:
+        _title_band(canvas, recipe.title, list(recipe.steps[:-1]), recipe.total - 1)
+        _instruction_band(canvas, recipe.steps[-1])
     else:
-        canvas = _new_canvas(request.prompt, size)
-        _caption(canvas, request.prompt, top=True)
+        _title_band(canvas, recipe.title, [], 0)
     out = io.BytesIO()
     canvas.convert("RGB").save(out, format="PNG", optimize=False)
-    return out.getvalue()
+    return out.getvalue(), recipe.state()
 
 
 class DemoProvider:
@@ -142,11 +302,12 @@ class DemoProvider:
         self.calls += 1
         if self.latency:
             await asyncio.sleep(self.latency)
-        data = await asyncio.to_thread(_render, request)
+        data, state = await asyncio.to_thread(_render, request)
         image = await Image.from_bytes(data, "image/png")
         return ImageResult(
             images=(image,),
             text="",
+            provider_state=state,
             usage=Usage(output_tokens=TOKENS_PER_IMAGE, total_tokens=TOKENS_PER_IMAGE),
         )
 
