@@ -10,6 +10,7 @@ continues where the first stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import os
 import sys
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.config import StartupError
 from bot.core import Delivery, EditRequest, ImagineBot, ImagineRequest, Phase, Progress
@@ -123,11 +124,22 @@ class ConsoleAdapter:
         self.sink = ConsoleSink(output_dir, self._print)
         self.current: str | None = None
         self._listed: list[Thread] = []
+        self._asking = False  # a prompt is on screen, waiting for a line
         core.register_platform(PLATFORM, lambda job: self.sink)
 
     def _print(self, text: str) -> None:
-        self.stdout.write(text + "\n")
+        # never on the prompt's line: a result that arrives while it waits starts a new one
+        self.stdout.write(("\n" if self._asking else "") + text + "\n")
         self.stdout.flush()
+
+    def say(self, text: str) -> None:
+        """A line from outside the conversation (Ctrl+C), on a line of its own."""
+        self._print(("\n" if self.interactive and not self._asking else "") + text)
+
+    @property
+    def interactive(self) -> bool:
+        """Typing at a terminal (not a script piped in): a prompt, line editing, history."""
+        return _isatty(self.stdin)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Read commands until `/quit`, end of input or `stop`; each job finishes first."""
@@ -138,18 +150,26 @@ class ConsoleAdapter:
             if thread:
                 self._print(f"continuing thread “{thread.title[:60]}” (/new for a new one)")
         self._print("imagine-bot console. /help for commands.")
-        lines = _line_reader(self.stdin)
-        interactive = self.stdin.isatty()
-        while stop is None or not stop.is_set():
-            if interactive:
-                self.stdout.write("> ")
-                self.stdout.flush()
-            line = await lines.get()
-            if line is None:
-                break
-            if not await self.handle(line.strip()):
-                break
-            await self.core.idle()
+        if not self.interactive:
+            lines = _line_reader(self.stdin)
+            while stop is None or not stop.is_set():
+                line = await lines.get()
+                if line is None or not await self.handle(line.strip()):
+                    break
+                await self.core.idle()
+        else:
+            terminal = _Terminal(self.stdin, self.stdout)
+            try:
+                while stop is None or not stop.is_set():
+                    await self.core.idle()  # results first: the prompt comes after them
+                    self._asking = True
+                    line = await terminal.read("> ")  # cancelled here: _asking stays True
+                    self._asking = False
+                    if line is None or not await self.handle(line.strip()):
+                        break
+            finally:
+                terminal.restore(newline=self._asking)
+                self._asking = False
         if stop is None or not stop.is_set():
             await self.core.idle()  # resumed jobs finish before the console leaves
 
@@ -239,6 +259,71 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "console"
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class _Terminal:
+    """Lines typed at a terminal, one `input()` at a time in a daemon thread (so leaving
+    never waits on it), with `readline`'s line editing and history where the platform has
+    it. The terminal's modes are put back on the way out, even if a read is still pending."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO) -> None:
+        self.stdin, self.stdout = stdin, stdout
+        # input() edits lines only on the process's own terminal; else plain reads
+        self.own = stdin is sys.stdin and stdout is sys.stdout
+        if self.own:
+            with contextlib.suppress(ImportError):
+                import readline  # noqa: F401  (importing it is what turns it on)
+        self._modes: list[Any] | None = None
+        try:
+            import termios
+
+            self._modes = termios.tcgetattr(stdin.fileno())
+        except (ImportError, OSError, ValueError, AttributeError):
+            pass
+
+    async def read(self, prompt: str) -> str | None:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str | None] = loop.create_future()
+
+        def settle(line: str | None) -> None:
+            if not answer.done():
+                answer.set_result(line)
+
+        def ask() -> None:
+            line: str | None
+            try:
+                if self.own:
+                    line = input(prompt)
+                else:
+                    self.stdout.write(prompt)
+                    self.stdout.flush()
+                    read = self.stdin.readline()
+                    line = read.rstrip("\n") if read else None
+            except (EOFError, OSError, ValueError, KeyboardInterrupt):
+                line = None
+            with contextlib.suppress(RuntimeError):  # the loop may be gone already
+                loop.call_soon_threadsafe(settle, line)
+
+        threading.Thread(target=ask, name="console-input", daemon=True).start()
+        return await answer
+
+    def restore(self, *, newline: bool) -> None:
+        if self._modes is not None:
+            with contextlib.suppress(Exception):
+                import termios
+
+                termios.tcsetattr(self.stdin.fileno(), termios.TCSANOW, self._modes)
+        if newline:  # left at the prompt: the shell's prompt goes on a line of its own
+            with contextlib.suppress(Exception):
+                self.stdout.write("\n")
+                self.stdout.flush()
 
 
 def _line_reader(stream: TextIO) -> asyncio.Queue[str | None]:

@@ -214,14 +214,31 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     return 0
 
 
+LEAVING_NOW = 130
+"""`imagine-bot console`'s exit status after a second Ctrl+C left a job unfinished."""
+
+
 async def console(settings: Settings) -> int:
     from adapters.console import ConsoleAdapter, check_output_dir
 
     check_output_dir(settings.output_dir)
     stop = asyncio.Event()
+    leave_now = asyncio.Event()
     _stop_on_signals(stop)
     async with open_core(settings) as core:
         adapter = ConsoleAdapter(core, settings.output_dir)
+
+        def interrupted() -> None:
+            """Ctrl+C: finish the running image and leave; a second one leaves at once."""
+            if stop.is_set():
+                leave_now.set()
+                return
+            stop.set()
+            if core.board.live:
+                adapter.say("finishing the current image… (Ctrl+C again to leave now)")
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted)
         resumed = await core.resume_unfinished()
         if resumed:
             print(f"resuming {resumed} unfinished image(s) from last time")
@@ -233,6 +250,17 @@ async def console(settings: Settings) -> int:
             runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+        if stop.is_set():
+            # the running image gets the grace period, unless Ctrl+C comes again
+            draining = asyncio.create_task(core.shutdown(settings.shutdown_grace))
+            leaving = asyncio.create_task(leave_now.wait())
+            await asyncio.wait({draining, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            leaving.cancel()
+            if not draining.done():
+                await core.shutdown(0)  # hands the job back to the queue at once
+                await draining
+                adapter.say("left now; the unfinished image resumes the next time you start")
+                return LEAVING_NOW
     return 0
 
 

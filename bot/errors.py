@@ -22,6 +22,11 @@ def _mb(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB"
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 image`, `2 images`, `0 images`: a count with its noun, read right for every number."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _trim(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
@@ -80,7 +85,11 @@ class RateLimited(ImagineError):
         self.retry_after = retry_after
         if retry_after and retry_after > 0:
             wait = math.ceil(retry_after)
-            when = f"in {wait} seconds" if wait < 120 else f"in {math.ceil(wait / 60)} minutes"
+            when = (
+                f"in {plural(wait, 'second')}"
+                if wait < 120
+                else f"in {math.ceil(wait / 60)} minutes"
+            )
             message = f"The image provider is rate limiting us. Please try again {when}."
         else:
             message = "The image provider is rate limiting us. Please try again in a minute."
@@ -309,6 +318,22 @@ class UnknownAspectRatio(ImagineError):
         )
 
 
+class AspectRatioFlag(ImagineError):
+    """`--ar` with nothing after it, or given twice."""
+
+    code = "bad_aspect_ratio"
+
+    def __init__(self, *, twice: bool, detail: str | None = None) -> None:
+        self.twice = twice
+        example = "like --ar 16:9"
+        super().__init__(
+            f"Give --ar only once, {example}."
+            if twice
+            else f"--ar needs an aspect ratio after it, {example}.",
+            detail=detail,
+        )
+
+
 # --- bot rules -----------------------------------------------------------------------------
 
 
@@ -319,7 +344,12 @@ class UserQueueFull(ImagineError):
     def __init__(self, jobs: int, *, detail: str | None = None) -> None:
         self.jobs = jobs
         super().__init__(
-            f"You already have {jobs} images in progress. Try again when one of them is finished.",
+            f"You already have {plural(jobs, 'image')} in progress. "
+            + (
+                "Try again when it is finished."
+                if jobs == 1
+                else "Try again when one of them is finished."
+            ),
             detail=detail,
         )
 

@@ -25,6 +25,7 @@ from bot.errors import (
     MAX_PROMPT_CHARS,
     MAX_REFERENCE_IMAGES,
     SUPPORTED_MIME_TYPES,
+    AspectRatioFlag,
     DamagedImage,
     EmptyPrompt,
     ImageTooLarge,
@@ -38,7 +39,12 @@ from bot.errors import (
 from bot.models import ASPECT_RATIOS, Image
 from bot.providers.http import sniff_mime
 
-_AR_FLAG = re.compile(r"(?:^|\s)--(?:ar|aspect|aspect-ratio)(?:\s+|=)(\S+)", re.IGNORECASE)
+_AR_FLAG = re.compile(
+    r"(?:^|(?<=\s))--(?:ar|aspect|aspect-ratio)(?:=(\S*)|(?=\s|$)(?:\s+(?!--)(\S+))?)",
+    re.IGNORECASE,
+)
+"""`--ar 16:9`, `--ar=16:9` (and `--aspect`, `--aspect-ratio`); the value is group 1 or 2,
+neither when the flag ends the text or another `--flag` follows it."""
 _AR_ALIASES = {"square": "1:1", "portrait": "9:16", "landscape": "16:9", "wide": "21:9"}
 
 
@@ -84,11 +90,20 @@ def parse_aspect_ratio(value: str | None) -> str | None:
 
 
 def split_prompt_flags(text: str) -> tuple[str, str | None]:
-    """`"a cat --ar 16:9"` → `("a cat", "16:9")`; the ratio is validated, the prompt is not."""
-    match = _AR_FLAG.search(text)
-    if not match:
+    """`"a cat --ar 16:9"` → `("a cat", "16:9")`; the ratio is validated, the prompt is not.
+
+    `--ar` with no value, or given twice, is an `AspectRatioFlag` error (never part of
+    the prompt)."""
+    matches = list(_AR_FLAG.finditer(text))
+    if not matches:
         return text.strip(), None
-    ratio = parse_aspect_ratio(match.group(1))
+    if len(matches) > 1:
+        raise AspectRatioFlag(twice=True)
+    match = matches[0]
+    value = match.group(1) if match.group(1) is not None else match.group(2)
+    if not value:
+        raise AspectRatioFlag(twice=False)
+    ratio = parse_aspect_ratio(value)
     prompt = (text[: match.start()] + " " + text[match.end() :]).strip()
     return " ".join(prompt.split()) if "\n" not in prompt else prompt, ratio
 

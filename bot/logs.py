@@ -73,6 +73,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class NoVoiceWarnings(logging.Filter):
+    """discord.py warns that PyNaCl / davey are missing "so voice will NOT be supported":
+    the bot has no voice, so the warning is only noise at start-up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "voice will NOT be supported" not in str(record.msg)
+
+
+_NO_VOICE_WARNINGS = NoVoiceWarnings()
+
+
 def setup_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(SecretFilter(secrets))
@@ -86,3 +97,4 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "aiosqlite", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("discord.client").addFilter(_NO_VOICE_WARNINGS)  # once, however often

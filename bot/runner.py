@@ -54,6 +54,8 @@ RESUME_BUDGET = 10.0
 
 
 def history_note(kept: int) -> str:
+    if kept == 1:
+        return "This thread is long, so only its last image was sent to the model as context."
     return f"This thread is long, so only its last {kept} images were sent to the model as context."
 
 

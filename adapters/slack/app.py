@@ -138,9 +138,11 @@ class SlackAdapter:
             reason = exc.response.get("error")
             raise SlackStartError(f"SLACK_BOT_TOKEN was refused by Slack ({reason})") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
+            where = f"Slack at {self.settings.slack_api_base} ({type(exc).__name__})"
+            if "slack_api_base" in self.settings.model_fields_set:  # the user chose it
+                raise SlackStartError(f"SLACK_API_BASE: cannot reach {where}") from None
             raise SlackStartError(
-                f"SLACK_API_BASE: cannot reach Slack at {self.settings.slack_api_base} "
-                f"({type(exc).__name__})"
+                f"cannot reach {where}; check this machine's network connection"
             ) from None
         return f"{auth.get('user') or auth.get('user_id')} in {auth.get('team') or '?'}"
 
