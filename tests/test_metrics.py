@@ -77,10 +77,7 @@ async def test_discord_process_serves_metrics_health_and_readiness(
     port = free_port()
     env = bot_env(
         tmp_path,
-        DISCORD_TOKEN=discord.token,
-        DISCORD_API_BASE=discord.api_base,
-        DISCORD_GATEWAY_URL=discord.gateway_url,
-        DISCORD_GUILD_IDS=str(discord.guild_id),
+        **discord.bot_settings(),
         IMAGINE_METRICS_PORT=str(port),
     )
     process = await asyncio.create_subprocess_exec(

@@ -107,10 +107,7 @@ async def test_one_process_serves_discord_and_slack_together(
     port = free_port()
     env = bot_env(
         tmp_path,
-        DISCORD_TOKEN=discord.token,
-        DISCORD_API_BASE=discord.api_base,
-        DISCORD_GATEWAY_URL=discord.gateway_url,
-        DISCORD_GUILD_IDS=str(discord.guild_id),
+        **discord.bot_settings(),
         SLACK_BOT_TOKEN=slack.bot_token,
         SLACK_SIGNING_SECRET=SECRET,
         SLACK_API_BASE=slack.api_base,

@@ -109,10 +109,7 @@ async def test_no_voice_warnings_when_discord_starts(tmp_path: Path) -> None:
     discord = await FakeDiscord().start()
     env = bot_env(
         tmp_path,
-        DISCORD_TOKEN=discord.token,
-        DISCORD_API_BASE=discord.api_base,
-        DISCORD_GATEWAY_URL=discord.gateway_url,
-        DISCORD_GUILD_IDS=str(discord.guild_id),
+        **discord.bot_settings(),
         LOG_LEVEL="INFO",
     )
     process = await asyncio.create_subprocess_exec(

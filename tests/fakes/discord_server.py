@@ -156,6 +156,15 @@ class FakeDiscord:
     def gateway_url(self) -> str:
         return self.base_url.replace("http://", "ws://") + "/gateway"
 
+    def bot_settings(self) -> dict[str, str]:
+        """The environment that points a real `imagine-bot run` at this fake."""
+        return {
+            "DISCORD_TOKEN": self.token,
+            "DISCORD_API_BASE": self.api_base,
+            "DISCORD_GATEWAY_URL": self.gateway_url,
+            "DISCORD_GUILD_IDS": str(self.guild_id),
+        }
+
     async def start(self) -> FakeDiscord:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)

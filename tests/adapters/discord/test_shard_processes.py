@@ -87,10 +87,7 @@ async def start_shard(
 ) -> BotProcess:
     env = bot_env(
         tmp_path,
-        DISCORD_TOKEN=discord.token,
-        DISCORD_API_BASE=discord.api_base,
-        DISCORD_GATEWAY_URL=discord.gateway_url,
-        DISCORD_GUILD_IDS=str(discord.guild_id),
+        **discord.bot_settings(),
         DISCORD_SHARD_COUNT="2",
         DISCORD_SHARD_IDS=str(shard),
         IMAGINE_PROVIDER="nexconn",
