@@ -144,6 +144,7 @@ async def open_core(settings: Settings) -> AsyncIterator[ImagineBot]:
         job_timeout=settings.job_timeout,
         lease=settings.job_lease,
         poll=settings.job_poll,
+        team=settings.team_settings(),
     )
     try:
         await core.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AliasChoices,
@@ -21,6 +22,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.models import ASPECT_RATIOS, DEFAULT_ASPECT_RATIO
+from bot.policy import LISTS, NUMBERS, Policy, parse_ids
+from bot.team import TeamSettings
 
 ProviderName = Literal["nexconn", "gmi", "gemini", "demo"]
 
@@ -78,6 +81,20 @@ class Settings(BaseSettings):
     job_timeout: float = Field(default=180.0, alias="IMAGINE_JOB_TIMEOUT", gt=0, le=86400)
     job_lease: float = Field(default=30.0, alias="IMAGINE_JOB_LEASE", ge=1, le=3600)
     job_poll: float = Field(default=1.0, alias="IMAGINE_JOB_POLL", gt=0, le=60)
+
+    # team control --------------------------------------------------------------------------
+    user_daily_limit: int = Field(default=0, alias="IMAGINE_USER_DAILY_LIMIT", ge=0, le=10**6)
+    workspace_daily_limit: int = Field(
+        default=0, alias="IMAGINE_WORKSPACE_DAILY_LIMIT", ge=0, le=10**8
+    )
+    monthly_budget: float = Field(default=0.0, alias="IMAGINE_MONTHLY_BUDGET", ge=0, le=1e9)
+    price_per_image: float = Field(default=0.039, alias="IMAGINE_PRICE_PER_IMAGE", ge=0, le=1000)
+    allowed_channels: str = Field(default="", alias="IMAGINE_ALLOWED_CHANNELS")
+    allowed_roles: str = Field(default="", alias="IMAGINE_ALLOWED_ROLES")
+    allowed_users: str = Field(default="", alias="IMAGINE_ALLOWED_USERS")
+    blocked_users: str = Field(default="", alias="IMAGINE_BLOCKED_USERS")
+    admin_users: str = Field(default="", alias="IMAGINE_ADMIN_USERS")
+    quota_tz: str = Field(default="UTC", alias="IMAGINE_QUOTA_TZ")
 
     # discord -------------------------------------------------------------------------------
     discord_token: SecretStr | None = Field(default=None, alias="DISCORD_TOKEN")
@@ -167,6 +184,28 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be comma-separated host names (no port), got {host!r}")
         return value
 
+    @field_validator("quota_tz")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        value = value.strip() or "UTC"
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"must be an IANA time zone such as UTC or America/Los_Angeles, got {value!r}"
+            ) from None
+        return value
+
+    @field_validator(
+        "allowed_channels", "allowed_roles", "allowed_users", "blocked_users", "admin_users"
+    )
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        for part in value.replace(",", " ").split():
+            if any(c in part for c in "<>#@|"):
+                raise ValueError(f"must be comma-separated ids (C0123…, 1234…), got {part!r}")
+        return value
+
     @field_validator("discord_guild_ids")
     @classmethod
     def _guild_ids(cls, value: str) -> str:
@@ -226,6 +265,28 @@ class Settings(BaseSettings):
     def shard_ids(self) -> tuple[int, ...]:
         """The shards this process runs; empty means all of `discord_shard_count`."""
         return tuple(int(p) for p in self.discord_shard_ids.replace(",", " ").split())
+
+    def team_settings(self) -> TeamSettings:
+        """The environment's side of team control (`bot.team`)."""
+        env = Policy(
+            user_daily_limit=self.user_daily_limit,
+            workspace_daily_limit=self.workspace_daily_limit,
+            monthly_budget=self.monthly_budget,
+            allowed_channels=parse_ids(self.allowed_channels),
+            allowed_roles=parse_ids(self.allowed_roles),
+            allowed_users=parse_ids(self.allowed_users),
+            blocked_users=parse_ids(self.blocked_users),
+        )
+        return TeamSettings(
+            env=env,
+            tz=ZoneInfo(self.quota_tz),
+            price_per_image=self.price_per_image,
+            default_model=self.model,
+            admin_users=parse_ids(self.admin_users),
+            from_env=frozenset(
+                name for name in (*NUMBERS, *LISTS) if getattr(env, name) != getattr(Policy(), name)
+            ),
+        )
 
     @property
     def discord_enabled(self) -> bool:

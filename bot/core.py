@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from bot import metrics
 from bot.errors import (
     Cancelled,
     ImageExpired,
@@ -41,6 +42,7 @@ from bot.models import (
     new_id,
     now,
 )
+from bot.policy import PolicyRefused, Requester
 from bot.progress import ProgressBoard
 from bot.providers.base import Provider
 from bot.queue import Limits
@@ -48,6 +50,7 @@ from bot.runner import JobRunner, history_note, safe_fail
 from bot.scheduler import StopReason, Worker
 from bot.sinks import Delivery, Phase, Progress, ReplySink, SinkFactory
 from bot.store import PurgeResult, Store
+from bot.team import TeamControl, TeamSettings
 
 __all__ = [
     "Delivery",
@@ -84,6 +87,8 @@ class ImagineRequest:
     aspect_ratio: str | None = None
     references: tuple[Image, ...] = ()
     destination: JSON = None
+    roles: frozenset[str] = frozenset()
+    """The requester's Discord role ids, for `IMAGINE_ALLOWED_ROLES`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,7 @@ class EditRequest:
     references: tuple[Image, ...] = ()
     aspect_ratio: str | None = None
     destination: JSON = None
+    roles: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +131,10 @@ class ImagineBot:
         poll: float = 1.0,
         retention_days: int = 0,
         retention_interval: float = RETENTION_SWEEP_INTERVAL,
+        team: TeamSettings | None = None,
     ) -> None:
         self.store = store
+        self.team = TeamControl(store, team or TeamSettings(default_model=model))
         self.provider = provider
         self.model = model
         self.limits = limits
@@ -226,7 +234,9 @@ class ImagineBot:
         prompt = clean_prompt(request.prompt)
         ratio = parse_aspect_ratio(request.aspect_ratio) or self.default_aspect_ratio
         check_reference_count(len(request.references), self._max_references)
-        self.check_admission(request.user_id)
+        key = request.key
+        who = Requester(key.platform, key.workspace, key.channel, request.user_id, request.roles)
+        await self.precheck(who)
         thread = await self.store.create_thread(
             Thread(
                 id=new_id(),
@@ -247,7 +257,7 @@ class ImagineBot:
             follow_latest=False,
             destination=request.destination,
         )
-        await self._submit(job, sink, request.references)
+        await self._submit(job, sink, who, request.references)
         return job
 
     async def edit(self, request: EditRequest, sink: ReplySink) -> Job:
@@ -257,7 +267,8 @@ class ImagineBot:
         target, follow_latest = await self._edit_target(request)
         if target.turn_id is not None:
             await self._check_images(target.turn_id)
-        self.check_admission(request.user_id)
+        who = await self._requester(target.thread_id, request.user_id, request.roles)
+        await self.precheck(who)
         job = self._new_job(
             thread_id=target.thread_id,
             user_id=request.user_id,
@@ -269,16 +280,23 @@ class ImagineBot:
             follow_latest=follow_latest,
             destination=request.destination,
         )
-        await self._submit(job, sink, request.references)
+        await self._submit(job, sink, who, request.references)
         return job
 
     async def reroll(
-        self, turn_id: str, user_id: str, sink: ReplySink, destination: JSON = None
+        self,
+        turn_id: str,
+        user_id: str,
+        sink: ReplySink,
+        destination: JSON = None,
+        *,
+        roles: frozenset[str] = frozenset(),
     ) -> Job:
         """Same prompt, same references, same parent: a new take on one turn."""
         turn = await self._turn(turn_id)
         await self._check_images(turn.parent_id, turn.reference_shas)
-        self.check_admission(user_id)
+        who = await self._requester(turn.thread_id, user_id, roles)
+        await self.precheck(who)
         job = Job(
             id=new_id(),
             thread_id=turn.thread_id,
@@ -293,12 +311,19 @@ class ImagineBot:
             provider=self.provider.name,
             model=self.model,
             created_at=now(),
+            cost_usd=self.team.price(self.model),
         )
-        await self._submit(job, sink)
+        await self._submit(job, sink, who)
         return job
 
     async def retry(
-        self, job_id: str, user_id: str, sink: ReplySink, destination: JSON = None
+        self,
+        job_id: str,
+        user_id: str,
+        sink: ReplySink,
+        destination: JSON = None,
+        *,
+        roles: frozenset[str] = frozenset(),
     ) -> Job:
         """Run a failed (or cancelled) request again, as a new job, for whoever asks.
 
@@ -311,7 +336,8 @@ class ImagineBot:
         if failed.parent_turn_id is not None:
             await self._turn(failed.parent_turn_id)  # the image it edited must still exist
         await self._check_images(failed.parent_turn_id, failed.reference_shas)
-        self.check_admission(user_id)
+        who = await self._requester(failed.thread_id, user_id, roles)
+        await self.precheck(who)
         job = replace(
             failed,
             id=new_id(),
@@ -330,8 +356,9 @@ class ImagineBot:
             lease_until=None,
             settled=False,
             cancel_requested=False,
+            cost_usd=self.team.price(self.model),
         )
-        await self._submit(job, sink)
+        await self._submit(job, sink, who)
         return job
 
     async def delete(self, turn_id: str, user_id: str, *, moderator: bool = False) -> Turn:
@@ -371,6 +398,17 @@ class ImagineBot:
         return await self.store.request_cancel(job_id)
 
     # --- lookups adapters need --------------------------------------------------------------
+
+    async def precheck(self, who: Requester) -> None:
+        """Everything that would refuse `who` now — shutting down, a full queue, team
+        control — so an adapter can refuse inside its acknowledgement and call no provider.
+        Recording the job checks again, exactly (`Store.add_job`)."""
+        self.check_admission(who.user)
+        try:
+            await self.team.check(who, self.model)
+        except PolicyRefused as refused:
+            metrics.refused(refused.refusal.rule.value)
+            raise
 
     def check_admission(self, user_id: str) -> None:
         """Raise `UserQueueFull`/`ShuttingDown` now, so an adapter can refuse inside its ack.
@@ -445,7 +483,16 @@ class ImagineBot:
             provider=self.provider.name,
             model=self.model,
             created_at=now(),
+            cost_usd=self.team.price(self.model),
         )
+
+    async def _requester(self, thread_id: str, user_id: str, roles: frozenset[str]) -> Requester:
+        """Who continues a thread, and where: the thread's workspace and channel."""
+        thread = await self.store.get_thread(thread_id)
+        if thread is None:
+            raise UnknownTurn(detail=f"thread {thread_id}")
+        key = thread.key
+        return Requester(key.platform, key.workspace, key.channel, user_id, roles)
 
     async def _turn(self, turn_id: str) -> Turn:
         turn = await self.store.get_turn(turn_id)
@@ -488,11 +535,23 @@ class ImagineBot:
                     return _Target(thread.id, None, pending.aspect_ratio), True
         raise UnknownTurn(detail=f"no turn for {request}")
 
-    async def _submit(self, job: Job, sink: ReplySink, references: Sequence[Image] = ()) -> None:
-        """Record the job (durable before visible) and let the queue take it."""
+    async def _submit(
+        self, job: Job, sink: ReplySink, who: Requester, references: Sequence[Image] = ()
+    ) -> None:
+        """Record the job (durable before visible), admitted exactly by team control in
+        the same transaction, and let the queue take it."""
         live = self.board.watch(job, sink)  # first: a worker may claim it at once
         try:
-            await self.store.add_job(job, references, max_queued=self.limits.per_user_queued)
+            await self.store.add_job(
+                job,
+                references,
+                max_queued=self.limits.per_user_queued,
+                admission=self.team.admission(who, job.model),
+            )
+        except PolicyRefused as refused:
+            self.board.forget(job.id)
+            metrics.refused(refused.refusal.rule.value)
+            raise
         except BaseException:
             self.board.forget(job.id)
             raise

@@ -120,9 +120,6 @@ async def _check(check: ReadyCheck) -> str | None:
 async def open_health(settings: Settings, store: Store) -> AsyncIterator[HealthServer]:
     """The listener while the block runs, when `IMAGINE_METRICS_PORT` is set (else an
     unstarted server whose `watch` does nothing useful, so callers need no branch)."""
-    price = getattr(settings, "price_per_image", None)
-    if price is not None:
-        metrics.set_price_per_image(price)
     server = HealthServer(store, settings.metrics_host, settings.metrics_port or 0)
     if settings.metrics_port is None:
         yield server

@@ -33,9 +33,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bot.errors import ImagineError
 
-DEFAULT_PRICE_PER_IMAGE = 0.039
-"""US$ per image (Gemini 2.5 Flash Image's list price), unless a price setting says otherwise."""
-
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOBS = Counter(
@@ -89,18 +86,16 @@ IMAGES = Counter(
 )
 COST = Counter(
     "imagine_estimated_cost_usd",
-    "Estimated US$ spent: images made times the price per image.",
+    "Estimated US$ spent: each image made at its job's price (IMAGINE_PRICE_PER_IMAGE).",
     ["provider"],
     registry=REGISTRY,
 )
-
-_price = DEFAULT_PRICE_PER_IMAGE
-
-
-def set_price_per_image(price: float) -> None:
-    """The US$ per image `imagine_estimated_cost_usd_total` counts with."""
-    global _price
-    _price = max(0.0, float(price))
+POLICY_REFUSALS = Counter(
+    "imagine_policy_refusals",
+    "Requests team control refused before anything was queued, by rule.",
+    ["rule"],
+    registry=REGISTRY,
+)
 
 
 def job_ended(outcome: str, kind: str, created_at: float | None) -> None:
@@ -111,11 +106,18 @@ def job_ended(outcome: str, kind: str, created_at: float | None) -> None:
         JOB_DURATION.labels(outcome=kind).observe(max(0.0, time.time() - created_at))
 
 
-def images_made(provider: str, count: int = 1) -> None:
+def images_made(provider: str, count: int, cost_usd: float) -> None:
+    """`count` images made for one job whose estimated price is `cost_usd`."""
     if count <= 0:
         return
     IMAGES.labels(provider=provider).inc(count)
-    COST.labels(provider=provider).inc(count * _price)
+    COST.labels(provider=provider).inc(max(0.0, cost_usd))
+
+
+def refused(rule: str) -> None:
+    """A request team control refused: `imagine_jobs_total{outcome="refused"}` and the rule."""
+    JOBS.labels(outcome="refused").inc()
+    POLICY_REFUSALS.labels(rule=rule).inc()
 
 
 def acked(platform: str, seconds: float) -> None:

@@ -195,6 +195,8 @@ class Job:
     lease_until: float | None = None
     settled: bool = False
     cancel_requested: bool = False
+    cost_usd: float = 0.0
+    """Estimated US$ of the image, fixed when the job is accepted (the ledger's price)."""
     platform: str = field(default="", compare=False)
     """Where it was asked: its thread's platform, derived by the store (not compared)."""
 

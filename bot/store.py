@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bot.models import JSON, Image, Job, JobStatus, Thread, ThreadKey, Turn
+from bot.policy import Admission, Overrides, Refusal, Scope
 from bot.queue import ClaimRequest, QueueView
+from bot.usage import UsageLine
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +71,46 @@ class Store(Protocol):
 
     # jobs: the queue shared by every process on the database --------------------------------
     async def add_job(
-        self, job: Job, images: Sequence[Image] = (), *, max_queued: int | None = None
+        self,
+        job: Job,
+        images: Sequence[Image] = (),
+        *,
+        max_queued: int | None = None,
+        admission: Admission | None = None,
     ) -> None:
         """Record an accepted job and its reference images in one transaction; with
-        `max_queued`, raise `UserQueueFull` when the user already has that many waiting."""
+        `max_queued`, raise `UserQueueFull` when the user already has that many waiting;
+        with `admission`, raise `PolicyRefused` when `bot.policy.decide` refuses it, counted
+        in the same transaction (exact across processes)."""
+        ...
+
+    # team control: the ledger (the jobs table) and admins' settings ----------------------
+    async def check_admission(self, admission: Admission) -> Refusal | None:
+        """What `add_job` would refuse right now (a read, for acknowledgements)."""
+        ...
+
+    async def get_overrides(self, scope: Scope) -> Overrides: ...
+
+    async def update_overrides(
+        self, scope: Scope, change: Callable[[Overrides], Overrides], by: str
+    ) -> Overrides:
+        """Apply `change` to a workspace's stored settings in one transaction."""
+        ...
+
+    async def usage_lines(
+        self,
+        since: float,
+        until: float,
+        *,
+        platform: str | None = None,
+        workspace: str | None = None,
+        user: str | None = None,
+    ) -> list[UsageLine]:
+        """Images and estimated US$ per (platform, workspace, user) in [since, until)."""
+        ...
+
+    async def usage_by_period(self, scope: Scope, boundaries: Sequence[float]) -> list[int]:
+        """A workspace's images in each [boundaries[i], boundaries[i+1])."""
         ...
 
     async def get_job(self, job_id: str) -> Job | None: ...

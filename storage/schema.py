@@ -105,13 +105,33 @@ jobs = sa.Table(
     sa.Column("lease_until", sa.Double(), nullable=True),
     sa.Column("settled", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("workspace", sa.String(255), nullable=False),
+    sa.Column("channel", sa.String(255), nullable=False),
+    sa.Column("cost_usd", sa.Double(), nullable=False),
+    sa.Column("tokens", sa.Integer(), nullable=False),
     sa.Index(None, "status"),
     sa.Index(None, "thread_id"),
     sa.Index(None, "settled"),
     sa.Index(None, "finished_at"),
+    sa.Index(None, "platform", "workspace", "created_at"),
+    sa.Index(None, "created_at"),
 )
-"""The queue: unsettled rows (`settled` false) are what workers claim; `owner` and
-`lease_until` say who holds one and until when."""
+"""The queue and the ledger. Unsettled rows (`settled` false) are what workers claim;
+`owner` and `lease_until` say who holds one and until when. Every accepted job that did not
+fail and was not cancelled counts against its workspace's and user's limits, at its
+`cost_usd` (estimated when it was accepted)."""
+
+workspace_settings = sa.Table(
+    "workspace_settings",
+    metadata,
+    sa.Column("platform", sa.String(32), primary_key=True),
+    sa.Column("workspace", sa.String(255), primary_key=True),
+    sa.Column("settings", sa.JSON(), nullable=False),
+    sa.Column("updated_by", sa.String(255), nullable=False),
+    sa.Column("updated_at", sa.Double(), nullable=False),
+)
+"""What a workspace's admins set at run time (`bot.policy.Overrides` as JSON); it wins over
+the environment."""
 
 message_links = sa.Table(
     "message_links",

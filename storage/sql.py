@@ -8,6 +8,7 @@ the in-process write lock SQLite needs because it allows a single writer.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -25,11 +26,32 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from bot.errors import Cancelled, UserQueueFull
 from bot.models import JSON, Image, Job, JobStatus, Thread, ThreadKey, Turn, TurnKind, Usage, now
+from bot.policy import (
+    Admission,
+    Counts,
+    Overrides,
+    PolicyRefused,
+    Refusal,
+    Scope,
+    access,
+    decide,
+    effective,
+)
 from bot.queue import ClaimRequest, QueueEntry, QueueView, last_served, plan_claims
 from bot.store import PurgeResult
+from bot.usage import UsageLine
 from storage.notify import JOBS_CHANNEL, listen_for_jobs
 from storage.retention import JobUse, RetentionPlan, TurnUse
-from storage.schema import events, images, jobs, kv, message_links, threads, turns
+from storage.schema import (
+    events,
+    images,
+    jobs,
+    kv,
+    message_links,
+    threads,
+    turns,
+    workspace_settings,
+)
 
 CANCELLED_CODE = Cancelled.code
 
@@ -54,6 +76,9 @@ _MAX_DEPTH = 1_000_000
 
 _OPEN = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 """Waiting or at the provider."""
+
+_COUNTED = jobs.c.status.not_in((JobStatus.FAILED.value, JobStatus.CANCELLED.value))
+"""The ledger's rows: accepted jobs that were not given back (failed or cancelled)."""
 
 _QUEUE_LOCK_KEY = 0x696D6A71  # "imjq": PostgreSQL advisory lock around claims and admissions
 
@@ -447,12 +472,20 @@ class SqlStore:
 
     # jobs -----------------------------------------------------------------------------------
     async def add_job(
-        self, job: Job, images: Sequence[Image] = (), *, max_queued: int | None = None
+        self,
+        job: Job,
+        images: Sequence[Image] = (),
+        *,
+        max_queued: int | None = None,
+        admission: Admission | None = None,
     ) -> None:
         """Record an accepted job and its reference images in one transaction.
 
-        With `max_queued`, refuses (`UserQueueFull`) when the user already has that many
-        jobs waiting, counted over every process under the same lock as the claims.
+        Under the same lock as the claims, so both hold over every process: with
+        `max_queued`, refuses (`UserQueueFull`) when the user already has that many jobs
+        waiting; with `admission`, refuses (`PolicyRefused`) what `bot.policy.decide` does,
+        counted from the ledger in this very transaction — the job is then one more row of
+        it, so ten admissions racing for the last image let exactly one through.
         """
         async with self._write() as conn:
             await self._lock_queue(conn)
@@ -460,12 +493,155 @@ class SqlStore:
                 running, queued = await self._user_load(conn, job.user_id)
                 if queued >= max_queued:
                     raise UserQueueFull(running + queued)
+            if admission is not None:
+                refusal = await self._refusal(conn, admission)
+                if refusal is not None:
+                    who = admission.who
+                    raise PolicyRefused(
+                        refusal,
+                        platform=who.platform,
+                        workspace=who.workspace,
+                        at=admission.at,
+                        tz=admission.tz,
+                    )
             await self._store_images(conn, images)
-            platform = sa.select(threads.c.platform).where(threads.c.id == job.thread_id)
+            place = sa.select(threads).where(threads.c.id == job.thread_id).subquery()
             values = _job_values(job)
-            values["platform"] = platform.scalar_subquery()
+            for column in ("platform", "workspace", "channel"):
+                values[column] = sa.select(place.c[column]).scalar_subquery()
             await conn.execute(sa.insert(jobs).values(values))
             await self._notify(conn)
+
+    # team control: the ledger and the admins' settings --------------------------------------
+    async def check_admission(self, admission: Admission) -> Refusal | None:
+        """What `add_job` would refuse now (a read, for an adapter's acknowledgement)."""
+        async with self._reader.connect() as conn:
+            return await self._refusal(conn, admission)
+
+    async def get_overrides(self, scope: Scope) -> Overrides:
+        async with self._reader.connect() as conn:
+            return await self._overrides(conn, scope)
+
+    async def update_overrides(
+        self, scope: Scope, change: Callable[[Overrides], Overrides], by: str
+    ) -> Overrides:
+        """Apply `change` to a workspace's stored settings in one transaction (two admins
+        changing lists at once both keep their change) and return the result."""
+        key = {"platform": scope.platform, "workspace": scope.workspace}
+        async with self._write() as conn:
+            await conn.execute(
+                self._insert(workspace_settings)
+                .values(**key, settings={}, updated_by=by, updated_at=now())
+                .on_conflict_do_nothing()
+            )
+            row = (
+                await conn.execute(
+                    sa.select(workspace_settings.c.settings)
+                    .where(*_scope_match(workspace_settings, scope))
+                    .with_for_update()
+                )
+            ).one()
+            changed = change(Overrides.from_json(row.settings))
+            await conn.execute(
+                sa.update(workspace_settings)
+                .where(*_scope_match(workspace_settings, scope))
+                .values(settings=changed.to_json(), updated_by=by, updated_at=now())
+            )
+            return changed
+
+    async def usage_lines(
+        self,
+        since: float,
+        until: float,
+        *,
+        platform: str | None = None,
+        workspace: str | None = None,
+        user: str | None = None,
+    ) -> list[UsageLine]:
+        """Images and estimated US$ per (platform, workspace, user) accepted in
+        [since, until), failed and cancelled jobs left out; largest first."""
+        query = (
+            sa.select(
+                jobs.c.platform,
+                jobs.c.workspace,
+                jobs.c.user_id,
+                sa.func.count().label("images"),
+                sa.func.coalesce(sa.func.sum(jobs.c.cost_usd), 0.0).label("cost"),
+            )
+            .where(jobs.c.created_at >= since, jobs.c.created_at < until, _COUNTED)
+            .group_by(jobs.c.platform, jobs.c.workspace, jobs.c.user_id)
+            .order_by(sa.desc("images"), jobs.c.platform, jobs.c.workspace, jobs.c.user_id)
+        )
+        if platform is not None:
+            query = query.where(jobs.c.platform == platform)
+        if workspace is not None:
+            query = query.where(jobs.c.workspace == workspace)
+        if user is not None:
+            query = query.where(jobs.c.user_id == user)
+        return [
+            UsageLine(row.platform, row.workspace, row.user_id, int(row.images), float(row.cost))
+            for row in await self._rows(query)
+        ]
+
+    async def usage_by_period(self, scope: Scope, boundaries: Sequence[float]) -> list[int]:
+        """Images of a workspace in each [boundaries[i], boundaries[i+1]) (days of a month)."""
+        if len(boundaries) < 2:
+            return []
+        rows = await self._rows(
+            sa.select(jobs.c.created_at).where(
+                *_scope_match(jobs, scope),
+                jobs.c.created_at >= boundaries[0],
+                jobs.c.created_at < boundaries[-1],
+                _COUNTED,
+            )
+        )
+        counts = [0] * (len(boundaries) - 1)
+        for row in rows:
+            counts[bisect.bisect_right(boundaries, row.created_at) - 1] += 1
+        return counts
+
+    async def _overrides(self, conn: AsyncConnection, scope: Scope) -> Overrides:
+        row = (
+            await conn.execute(
+                sa.select(workspace_settings.c.settings).where(
+                    *_scope_match(workspace_settings, scope)
+                )
+            )
+        ).first()
+        return Overrides.from_json(row.settings if row is not None else None)
+
+    async def _refusal(self, conn: AsyncConnection, admission: Admission) -> Refusal | None:
+        who = admission.who
+        overrides = await self._overrides(conn, who.scope)
+        policy = effective(admission.env, overrides)
+        refused = access(policy, who)
+        if refused is not None or not (
+            policy.user_daily_limit or policy.workspace_daily_limit or policy.monthly_budget
+        ):
+            return refused  # nothing to count
+        day, month = admission.day, admission.month
+        today = sa.and_(jobs.c.created_at >= day.start, jobs.c.created_at < day.end)
+        mine = sa.and_(
+            jobs.c.user_id == who.user,
+            jobs.c.created_at >= admission.user_since(overrides),
+            jobs.c.created_at < day.end,
+        )
+        row = (
+            await conn.execute(
+                sa.select(
+                    sa.func.count(sa.case((mine, 1))).label("user_today"),
+                    sa.func.count(sa.case((today, 1))).label("workspace_today"),
+                    sa.func.coalesce(sa.func.sum(jobs.c.cost_usd), 0.0).label("month_usd"),
+                ).where(
+                    *_scope_match(jobs, who.scope),
+                    jobs.c.created_at >= month.start,
+                    jobs.c.created_at < month.end,
+                    _COUNTED,
+                )
+            )
+        ).one()
+        counts = Counts(int(row.user_today), int(row.workspace_today), float(row.month_usd))
+        return decide(policy, who, counts, cost=admission.cost, day=day, month=month)
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._row(sa.select(jobs).where(jobs.c.id == job_id))
@@ -596,7 +772,11 @@ class SqlStore:
                 return False
             await self._store_images(conn, images)
             await conn.execute(sa.insert(turns).values(_turn_values(turn)))
-            await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(turn_id=turn.id))
+            await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(turn_id=turn.id, tokens=turn.usage.total_tokens)
+            )
             # Activity orders `list_threads`; never move it backwards (portable GREATEST).
             await conn.execute(
                 sa.update(threads)
@@ -1000,6 +1180,10 @@ def _turn(row: Row[Any]) -> Turn:
     )
 
 
+def _scope_match(table: sa.Table, scope: Scope) -> tuple[sa.ColumnElement[bool], ...]:
+    return (table.c.platform == scope.platform, table.c.workspace == scope.workspace)
+
+
 def _job_values(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -1026,6 +1210,8 @@ def _job_values(job: Job) -> dict[str, Any]:
         "lease_until": job.lease_until,
         "settled": job.settled,
         "cancel_requested": job.cancel_requested,
+        "cost_usd": job.cost_usd,
+        "tokens": 0,
     }
 
 
@@ -1055,5 +1241,6 @@ def _job(row: Row[Any]) -> Job:
         lease_until=m["lease_until"],
         settled=bool(m["settled"]),
         cancel_requested=bool(m["cancel_requested"]),
+        cost_usd=float(m["cost_usd"]),
         platform=m["platform"],
     )
