@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.models import ASPECT_RATIOS, DEFAULT_ASPECT_RATIO
-from bot.policy import LISTS, NUMBERS, Policy, parse_ids
+from bot.policy import Policy, parse_ids
 from bot.team import TeamSettings
 
 ProviderName = Literal["nexconn", "gmi", "gemini", "demo"]
@@ -283,9 +283,6 @@ class Settings(BaseSettings):
             price_per_image=self.price_per_image,
             default_model=self.model,
             admin_users=parse_ids(self.admin_users),
-            from_env=frozenset(
-                name for name in (*NUMBERS, *LISTS) if getattr(env, name) != getattr(Policy(), name)
-            ),
         )
 
     @property

@@ -41,17 +41,13 @@ Source = Literal["default", "environment", "admin"]
 
 @dataclass(frozen=True, slots=True)
 class TeamSettings:
-    """The environment's side of team control (`IMAGINE_USER_DAILY_LIMIT` and the rest).
-
-    `from_env` names the `Policy` fields the environment set, so `/imagine-admin` can say
-    where each setting comes from."""
+    """The environment's side of team control (`IMAGINE_USER_DAILY_LIMIT` and the rest)."""
 
     env: Policy = field(default_factory=Policy)
     tz: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     price_per_image: float = 0.039
     default_model: str = "gemini-2.5-flash-image"
     admin_users: frozenset[str] = frozenset()
-    from_env: frozenset[str] = frozenset()
 
 
 class NotAdmin(ImagineError):
@@ -296,10 +292,11 @@ class TeamControl:
 
     def _view(self, stored: Overrides) -> SettingsView:
         sources: dict[str, Source] = {}
+        env, default = self.settings.env, Policy()
         for name in (*NUMBERS, *LISTS):
             if getattr(stored, name) is not None:
                 sources[name] = "admin"
-            elif name in self.settings.from_env:
+            elif getattr(env, name) != getattr(default, name):
                 sources[name] = "environment"
             else:
                 sources[name] = "default"
