@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bot import metrics
 from bot.core import EditRequest, ImagineBot, ImagineRequest
 from bot.errors import ProviderUnavailable
 from bot.models import ThreadKey, new_id
@@ -53,6 +54,11 @@ def where(user: str, channel: str = "general") -> Requester:
     return Requester("discord", "guild", channel, user)
 
 
+def refusal_count(rule: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("imagine_policy_refusals_total", {"rule": rule})
+    return value or 0.0
+
+
 async def settle(core: ImagineBot) -> None:
     await asyncio.wait_for(core.idle(), 10)
 
@@ -75,6 +81,7 @@ async def test_imagine_edit_reroll_and_retry_all_count_and_are_all_checked(
     await settle(core)
     assert len(provider.requests) == 5 and len(sink.deliveries) == 4
 
+    refusals_before = refusal_count("user_daily_limit")
     attempts = [
         core.imagine(ImagineRequest(key(), "alice", "another fox"), sink),
         core.edit(EditRequest("alice", "greener", turn_id=first.id), sink),
@@ -87,6 +94,7 @@ async def test_imagine_edit_reroll_and_retry_all_count_and_are_all_checked(
         assert refused.value.refusal.rule is Rule.USER_DAILY
         assert refused.value.user_message.startswith("You've made 4 of your 4 images today")
     assert len(provider.requests) == 5  # no provider call for any refusal
+    assert refusal_count("user_daily_limit") == refusals_before + 4
     # someone else's day is their own
     await core.reroll(first.id, "bob", sink)
     await settle(core)
