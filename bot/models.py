@@ -222,6 +222,9 @@ class ImageRequest:
     model: str
     references: tuple[Image, ...] = ()
     history: tuple[HistoryTurn, ...] = ()
+    size: str | None = None
+    """Output size (`1K`, `2K`, `4K`) for models that offer one; None: the model's default.
+    `model` is Google's id (`bot.catalog`); each provider maps it to its own."""
 
 
 @dataclass(frozen=True, slots=True)
