@@ -2,9 +2,10 @@
 
 `/imagine <prompt> [--ar 16:9]` starts a thread, any other line edits the current thread's
 latest image, `/new` starts afresh, `/threads` lists threads (newest first) and
-`/thread N` picks one up again, `/quit` leaves. Images are written to the output folder
-and their paths printed. The current thread is remembered in the store, so a second run
-continues where the first stopped.
+`/thread N` picks one up again, `/usage` shows the images made and what is left under the
+limits, `/quit` leaves. Images are written to the output folder and their paths printed.
+The current thread is remembered in the store, so a second run continues where the first
+stopped.
 """
 
 from __future__ import annotations
@@ -22,24 +23,29 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot.chart import usage_chart
 from bot.config import StartupError
 from bot.core import Delivery, EditRequest, ImagineBot, ImagineRequest, Phase, Progress
 from bot.errors import ImagineError
 from bot.inputs import split_prompt_flags
 from bot.models import Job, Thread, ThreadKey, new_id
+from bot.policy import Requester
+from bot.usage import render_usage
 
 PLATFORM = "console"
+WORKSPACE, CHANNEL = "local", "console"
 CURRENT_THREAD = "console:current-thread"
 HELP = """commands:
   /imagine <prompt> [--ar 16:9]   start a new image thread
   <any text>                      edit the current thread's latest image
   /new                            leave the current thread (the next line starts a new one)
   /threads                        list threads;  /thread N  continues thread N
+  /usage                          images made today and this month, and what is left
   /help                           this text;     /quit  leave"""
 
 
 def thread_key(thread_id: str) -> ThreadKey:
-    return ThreadKey(PLATFORM, "local", "console", thread_id)
+    return ThreadKey(PLATFORM, WORKSPACE, CHANNEL, thread_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +198,8 @@ class ConsoleAdapter:
                 await self._pick(rest.strip())
             elif command == "/imagine":
                 await self._imagine(rest)
+            elif command == "/usage":
+                await self._usage()
             elif command.startswith("/"):
                 self._print(f"unknown command {command}; /help lists them")
             elif self.current is None:
@@ -227,6 +235,30 @@ class ConsoleAdapter:
             aspect_ratio=ratio,
         )
         await self.core.edit(request, self.sink)
+
+    @property
+    def requester(self) -> Requester:
+        """The console user, where the console's threads are. Always an admin: the console
+        runs on the operator's own machine, with the operator's database."""
+        return Requester(PLATFORM, WORKSPACE, CHANNEL, self.user_id, platform_admin=True)
+
+    async def _usage(self) -> None:
+        """`/usage`: the numbers, then this month's chart written next to the images."""
+        report = await self.core.team.usage(self.requester)
+        for line in render_usage(report, bold="", mention="{user}"):
+            self._print(line)
+        if report.workspace is None:
+            return
+        month = datetime.fromtimestamp(report.month.start, self.core.team.settings.tz)
+        chart = await usage_chart(report.workspace.per_day, f"Images per day, {month:%B %Y}")
+        path = self.sink.output_dir / f"usage-{month:%Y-%m}.png"
+        try:
+            await asyncio.to_thread(_write_file, path, chart.data)
+        except OSError as exc:
+            where = await asyncio.to_thread(os.path.abspath, path)
+            self._print(f"✗ couldn't save the chart as {where} ({_reason(exc)})")
+            return
+        self._print(f"chart: {path}")
 
     async def _select(self, thread_id: str | None) -> None:
         self.current = thread_id

@@ -1,7 +1,8 @@
 """The composition root: the only module that knows every concrete part.
 
 `imagine-bot run` serves Discord and/or Slack (whichever credentials are set);
-`imagine-bot console` runs the same core in the terminal.
+`imagine-bot console` runs the same core in the terminal; `purge` and `usage` are for
+operators and need no chat platform.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "console",
         help="make and edit images in the terminal",
         description="Read commands from standard input: /imagine <prompt> [--ar 16:9], any "
-        "other line edits the current image, /new, /threads, /thread N, /quit. "
+        "other line edits the current image, /new, /threads, /thread N, /usage, /quit. "
         "With no provider key it uses the offline demo provider.",
     )
     common(console)
@@ -95,6 +96,41 @@ def _parser() -> argparse.ArgumentParser:
     common(purge)
     purge.add_argument(
         "--days", type=int, help="retention in days (default: IMAGINE_RETENTION_DAYS)"
+    )
+    usage = sub.add_parser(
+        "usage",
+        help="images and estimated cost per workspace and user, from the ledger",
+        description="Read the ledger (every accepted job that did not fail and was not "
+        "cancelled) without a chat platform: images and estimated US$ "
+        "(IMAGINE_PRICE_PER_IMAGE per image, fixed when each job was accepted) per "
+        "platform, workspace and user. Days are calendar days in IMAGINE_QUOTA_TZ. "
+        "Default: this month.",
+    )
+    usage.add_argument("--database-url", help="DATABASE_URL, e.g. sqlite:///./data/bot.db")
+    usage.add_argument("--log-level", help="LOG_LEVEL: DEBUG, INFO, WARNING, ERROR")
+    usage.add_argument(
+        "--since",
+        metavar="YYYY-MM-DD",
+        help="first day counted, from its midnight (default: the first of --until's month, "
+        "or of this month)",
+    )
+    usage.add_argument(
+        "--until",
+        metavar="YYYY-MM-DD",
+        help="last day counted, included up to the next midnight (default: today with "
+        "--since, else the end of this month)",
+    )
+    usage.add_argument(
+        "--workspace",
+        metavar="ID",
+        help="only this workspace: a Discord server id, a Slack team id, or local (the console)",
+    )
+    usage.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="table (aligned, with a total; the default), csv (platform,workspace,user,"
+        "images,cost_usd) or json (a list of objects with those keys)",
     )
     return parser
 
@@ -291,6 +327,39 @@ async def purge(settings: Settings, days: int | None = None) -> int:
     return 0
 
 
+async def usage(
+    settings: Settings,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    workspace: str | None = None,
+    fmt: str = "table",
+) -> int:
+    """`imagine-bot usage`: the ledger for a period, printed; no chat platform, no provider."""
+    from bot.models import now
+    from bot.report import BadDate, parse_day, render, usage_period
+    from storage import DatabaseUnavailable, open_store
+
+    tz = settings.team_settings().tz
+    try:
+        first = parse_day("--since", since) if since is not None else None
+        last = parse_day("--until", until) if until is not None else None
+        period = usage_period(first, last, tz, now())
+    except BadDate as exc:
+        print(f"imagine-bot usage: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = await open_store(settings.database_url)
+    except DatabaseUnavailable as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        lines = await store.usage_lines(period.start, period.end, workspace=workspace)
+    finally:
+        await store.close()
+    print(render(fmt, lines, period, tz))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -299,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imagine-bot: invalid configuration: {exc}", file=sys.stderr)
         return 2
     level = settings.log_level
-    if args.command == "console" and "LOG_LEVEL" not in os.environ and not args.log_level:
+    quiet = args.command in ("console", "usage")
+    if quiet and "LOG_LEVEL" not in os.environ and not args.log_level:
         level = "WARNING"  # the terminal is the user interface; keep it readable
     setup_logging(level, settings.log_format, settings.secrets())
     try:
@@ -307,6 +377,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(console(settings))
         if args.command == "purge":
             return asyncio.run(purge(settings, args.days))
+        if args.command == "usage":
+            return asyncio.run(
+                usage(
+                    settings,
+                    since=args.since,
+                    until=args.until,
+                    workspace=args.workspace,
+                    fmt=args.format,
+                )
+            )
         return asyncio.run(serve(settings))
     except StartupError as exc:
         print(f"imagine-bot: {exc}", file=sys.stderr)
