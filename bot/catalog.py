@@ -29,6 +29,9 @@ SIZES: tuple[str, ...] = ("1K", "2K", "4K")
 
 DEFAULT_MODEL = "gemini-2.5-flash-image"
 
+SELLERS: frozenset[str] = frozenset({"nexconn", "gmi", "gemini"})
+"""Providers whose catalogue the table below records."""
+
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
@@ -51,8 +54,9 @@ class ModelInfo:
         return self.prices.get(size or self.default_size)
 
     def provider_id(self, provider: str) -> str | None:
-        """The id `provider` sells this model under; the demo provider draws any."""
-        if provider == "demo":
+        """The id `provider` sells this model under; the demo provider (and any provider
+        the table does not know, such as a test's) draws any model."""
+        if provider not in SELLERS:
             return self.id
         return self.provider_ids.get(provider)
 

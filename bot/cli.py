@@ -63,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--provider",
-            choices=["nexconn", "gmi", "gemini", "demo"],
-            help="image provider (IMAGINE_PROVIDER; default: the first with a key, else demo)",
+            metavar="NAME[,NAME…]",
+            help="image provider: nexconn, gmi, gemini or demo, or several in order of "
+            "preference to fail over (IMAGINE_PROVIDER; default: the first with a key, else demo)",
         )
         p.add_argument("--database-url", help="DATABASE_URL, e.g. sqlite:///./data/bot.db")
         p.add_argument("--log-level", help="LOG_LEVEL: DEBUG, INFO, WARNING, ERROR")

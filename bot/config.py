@@ -7,7 +7,7 @@ Secrets are `SecretStr`, so they never print; `secrets()` feeds the log filter t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast, get_args
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.catalog import model_info
 from bot.models import ASPECT_RATIOS, DEFAULT_ASPECT_RATIO
 from bot.policy import Policy, parse_ids
 from bot.team import TeamSettings
@@ -49,8 +50,9 @@ class Settings(BaseSettings):
     )
 
     # provider ------------------------------------------------------------------------------
-    provider: ProviderName | None = Field(default=None, alias="IMAGINE_PROVIDER")
+    provider: str | None = Field(default=None, alias="IMAGINE_PROVIDER")
     model: str = Field(default="gemini-2.5-flash-image", alias="IMAGINE_MODEL", min_length=1)
+    models: str = Field(default="", alias="IMAGINE_MODELS")
     default_aspect_ratio: str = Field(
         default=DEFAULT_ASPECT_RATIO, alias="IMAGINE_DEFAULT_ASPECT_RATIO"
     )
@@ -138,6 +140,37 @@ class Settings(BaseSettings):
     def _lower_or_none(cls, value: object) -> object:
         if isinstance(value, str):
             return value.strip().lower() or None
+        return value
+
+    @field_validator("provider")
+    @classmethod
+    def _providers(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = [part for part in value.replace(" ", ",").split(",") if part]
+        known = get_args(ProviderName)
+        for name in names:
+            if name not in known:
+                raise ValueError(f"must be {', '.join(known)} or a list of them, got {name!r}")
+        if len(set(names)) != len(names):
+            raise ValueError("names a provider twice")
+        if "demo" in names and len(names) > 1:
+            raise ValueError("the offline demo provider cannot be mixed with real ones")
+        return ",".join(names)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if any(c.isspace() or c == "," for c in value.strip()):
+            raise ValueError(f"must be one model id (gemini-2.5-flash-image), got {value!r}")
+        return value.strip()
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: str) -> str:
+        for part in value.replace(",", " ").split():
+            if not all(c.isalnum() or c in "-._" for c in part):
+                raise ValueError(f"must be comma-separated model ids, got {part!r}")
         return value
 
     @field_validator("default_aspect_ratio")
@@ -240,17 +273,29 @@ class Settings(BaseSettings):
     # derived ------------------------------------------------------------------------------
 
     @property
-    def provider_name(self) -> ProviderName:
-        """The chosen provider: explicit, else the first whose key is set, else `demo`."""
+    def provider_names(self) -> tuple[ProviderName, ...]:
+        """The providers in order of preference: as listed, else the first whose key is
+        set, else `demo`."""
         if self.provider:
-            return self.provider
+            return tuple(cast(ProviderName, name) for name in self.provider.split(","))
         if self.nexconn_api_key:
-            return "nexconn"
+            return ("nexconn",)
         if self.gmi_api_key:
-            return "gmi"
+            return ("gmi",)
         if self.gemini_api_key:
-            return "gemini"
-        return "demo"
+            return ("gemini",)
+        return ("demo",)
+
+    @property
+    def provider_name(self) -> str:
+        """How logs and job rows name the provider (`nexconn,gmi` for a failover list)."""
+        return ",".join(self.provider_names)
+
+    @property
+    def offered_models(self) -> tuple[str, ...]:
+        """What users may choose from (`IMAGINE_MODELS`), the default model first."""
+        listed = [part for part in self.models.replace(",", " ").split() if part]
+        return tuple(dict.fromkeys([self.model, *listed]))
 
     @property
     def guild_ids(self) -> tuple[int, ...]:
@@ -307,15 +352,26 @@ class Settings(BaseSettings):
         return [v.get_secret_value() for v in values if v and v.get_secret_value()]
 
     def check_provider_key(self) -> None:
-        """An explicitly chosen provider needs its key."""
-        name = self.provider_name
-        key = {
+        """An explicitly chosen provider needs its key; every offered model needs a
+        provider that sells it."""
+        keys = {
             "nexconn": (self.nexconn_api_key, "NEXCONN_API_KEY"),
             "gmi": (self.gmi_api_key, "GMI_API_KEY"),
             "gemini": (self.gemini_api_key, "GEMINI_API_KEY"),
-        }.get(name)
-        if key is not None and not key[0]:
-            raise SettingsError(f"IMAGINE_PROVIDER={name} needs {key[1]} to be set")
+        }
+        for name in self.provider_names:
+            key = keys.get(name)
+            if key is not None and not key[0]:
+                raise SettingsError(
+                    f"IMAGINE_PROVIDER={self.provider_name} needs {key[1]} to be set"
+                )
+        for model in self.offered_models:
+            if not any(model_info(model).provider_id(name) for name in self.provider_names):
+                variable = "IMAGINE_MODEL" if model == self.model else "IMAGINE_MODELS"
+                raise SettingsError(
+                    f"{variable}: {model} is not sold by {self.provider_name} "
+                    "(see the model table in the README)"
+                )
 
 
 _ALIASES = {

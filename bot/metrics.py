@@ -90,6 +90,12 @@ COST = Counter(
     ["provider"],
     registry=REGISTRY,
 )
+FAILOVERS = Counter(
+    "imagine_provider_failovers",
+    "Jobs moved from one provider to the next after the first was down or rate-limited.",
+    ["from_provider", "to_provider"],
+    registry=REGISTRY,
+)
 POLICY_REFUSALS = Counter(
     "imagine_policy_refusals",
     "Requests team control refused before anything was queued, by rule.",
@@ -112,6 +118,10 @@ def images_made(provider: str, count: int, cost_usd: float) -> None:
         return
     IMAGES.labels(provider=provider).inc(count)
     COST.labels(provider=provider).inc(max(0.0, cost_usd))
+
+
+def failed_over(from_provider: str, to_provider: str) -> None:
+    FAILOVERS.labels(from_provider=from_provider, to_provider=to_provider).inc()
 
 
 def refused(rule: str) -> None:

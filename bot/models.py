@@ -234,6 +234,8 @@ class ImageResult:
     usage: Usage = Usage()
     provider_state: JSON = None
     provider_request_id: str | None = None
+    provider: str = ""
+    """Which provider made it, when several share the work (`FailoverProvider`)."""
 
     @property
     def image(self) -> Image:

@@ -155,7 +155,7 @@ class JobRunner:
             turn = self._new_turn(job, result, time.monotonic() - start)
             if not await self.store.make_job(job.id, worker, turn, result.images):
                 return
-            metrics.images_made(job.provider, len(result.images), job.cost_usd)
+            metrics.images_made(turn.provider, len(result.images), job.cost_usd)
         except asyncio.CancelledError:
             if self.worker.stop_reason(job.id) is StopReason.USER:
                 await asyncio.shield(self._fail(live, JobStatus.CANCELLED, Cancelled()))
@@ -288,7 +288,7 @@ class JobRunner:
             result_sha=result.image.sha256,
             text=result.text,
             aspect_ratio=job.aspect_ratio,
-            provider=job.provider,
+            provider=result.provider or job.provider,
             model=job.model,
             provider_state=result.provider_state,
             usage=result.usage,

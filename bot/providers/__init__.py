@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from bot.config import Settings
+from bot.config import ProviderName, Settings
 from bot.providers.base import Capabilities, Provider, ProviderCall
 
 __all__ = ["Capabilities", "Provider", "ProviderCall", "build_provider"]
 
 
 def build_provider(settings: Settings) -> Provider:
-    """The provider `IMAGINE_PROVIDER` names (or the first with a key, else the demo)."""
-    name = settings.provider_name
+    """The provider `IMAGINE_PROVIDER` names (or the first with a key, else the demo); a
+    list of them fails over from one to the next (`FailoverProvider`)."""
+    names = settings.provider_names
+    if len(names) == 1:
+        return _one(settings, names[0])
+    from bot.providers.failover import FailoverProvider
+
+    return FailoverProvider([_one(settings, name) for name in names])
+
+
+def _one(settings: Settings, name: ProviderName) -> Provider:
     if name == "nexconn":
         from bot.providers.nexconn import NexconnProvider
 
