@@ -182,6 +182,7 @@ async def open_core(settings: Settings) -> AsyncIterator[ImagineBot]:
         lease=settings.job_lease,
         poll=settings.job_poll,
         team=settings.team_settings(),
+        models=settings.offered_models,
     )
     try:
         await core.start()

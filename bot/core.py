@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from bot import metrics
+from bot.catalog import ModelNotOffered, ModelNotSold, SizeNotSupported, model_info
 from bot.errors import (
     Cancelled,
     ImageExpired,
@@ -89,6 +90,10 @@ class ImagineRequest:
     destination: JSON = None
     roles: frozenset[str] = frozenset()
     """The requester's Discord role ids, for `IMAGINE_ALLOWED_ROLES`."""
+    model: str | None = None
+    """One of `IMAGINE_MODELS` (None: `IMAGINE_MODEL`); the thread keeps it."""
+    size: str | None = None
+    """`1K`, `2K` or `4K` for models that offer sizes (None: the model's default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +112,14 @@ class EditRequest:
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    """Where an edit starts: a finished turn, or (turn_id None) a thread's pending image."""
+    """Where an edit starts: a finished turn, or (turn_id None) a thread's pending image,
+    with the thread's model and size, which the edit continues on."""
 
     thread_id: str
     turn_id: str | None
     aspect_ratio: str
+    model: str
+    size: str | None
 
 
 class ImagineBot:
@@ -132,9 +140,12 @@ class ImagineBot:
         retention_days: int = 0,
         retention_interval: float = RETENTION_SWEEP_INTERVAL,
         team: TeamSettings | None = None,
+        models: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.team = TeamControl(store, team or TeamSettings(default_model=model))
+        self.models = tuple(dict.fromkeys([model, *models]))
+        """What users may choose from, the default first (`IMAGINE_MODELS`)."""
         self.provider = provider
         self.model = model
         self.limits = limits
@@ -234,9 +245,10 @@ class ImagineBot:
         prompt = clean_prompt(request.prompt)
         ratio = parse_aspect_ratio(request.aspect_ratio) or self.default_aspect_ratio
         check_reference_count(len(request.references), self._max_references)
+        model, size = self.choose_model(request.model, request.size)
         key = request.key
         who = Requester(key.platform, key.workspace, key.channel, request.user_id, request.roles)
-        await self.precheck(who)
+        await self.precheck(who, model, size)
         thread = await self.store.create_thread(
             Thread(
                 id=new_id(),
@@ -256,6 +268,8 @@ class ImagineBot:
             parent_turn_id=None,
             follow_latest=False,
             destination=request.destination,
+            model=model,
+            size=size,
         )
         await self._submit(job, sink, who, request.references)
         return job
@@ -268,7 +282,7 @@ class ImagineBot:
         if target.turn_id is not None:
             await self._check_images(target.turn_id)
         who = await self._requester(target.thread_id, request.user_id, request.roles)
-        await self.precheck(who)
+        await self.precheck(who, target.model, target.size)
         job = self._new_job(
             thread_id=target.thread_id,
             user_id=request.user_id,
@@ -279,6 +293,8 @@ class ImagineBot:
             parent_turn_id=target.turn_id,
             follow_latest=follow_latest,
             destination=request.destination,
+            model=target.model,
+            size=target.size,
         )
         await self._submit(job, sink, who, request.references)
         return job
@@ -295,8 +311,9 @@ class ImagineBot:
         """Same prompt, same references, same parent: a new take on one turn."""
         turn = await self._turn(turn_id)
         await self._check_images(turn.parent_id, turn.reference_shas)
+        model, size = self._continued_model(turn.model, turn.size)
         who = await self._requester(turn.thread_id, user_id, roles)
-        await self.precheck(who)
+        await self.precheck(who, model, size)
         job = Job(
             id=new_id(),
             thread_id=turn.thread_id,
@@ -309,9 +326,10 @@ class ImagineBot:
             follow_latest=False,
             destination=destination,
             provider=self.provider.name,
-            model=self.model,
+            model=model,
+            size=size,
             created_at=now(),
-            cost_usd=self.team.price(self.model),
+            cost_usd=self.team.price(model, size),
         )
         await self._submit(job, sink, who)
         return job
@@ -336,15 +354,17 @@ class ImagineBot:
         if failed.parent_turn_id is not None:
             await self._turn(failed.parent_turn_id)  # the image it edited must still exist
         await self._check_images(failed.parent_turn_id, failed.reference_shas)
+        model, size = self._continued_model(failed.model, failed.size)
         who = await self._requester(failed.thread_id, user_id, roles)
-        await self.precheck(who)
+        await self.precheck(who, model, size)
         job = replace(
             failed,
             id=new_id(),
             user_id=user_id,
             destination=destination,
             provider=self.provider.name,
-            model=self.model,
+            model=model,
+            size=size,
             status=JobStatus.QUEUED,
             provider_request_id=None,
             turn_id=None,
@@ -356,7 +376,7 @@ class ImagineBot:
             lease_until=None,
             settled=False,
             cancel_requested=False,
-            cost_usd=self.team.price(self.model),
+            cost_usd=self.team.price(model, size),
         )
         await self._submit(job, sink, who)
         return job
@@ -399,16 +419,40 @@ class ImagineBot:
 
     # --- lookups adapters need --------------------------------------------------------------
 
-    async def precheck(self, who: Requester) -> None:
+    async def precheck(
+        self, who: Requester, model: str | None = None, size: str | None = None
+    ) -> None:
         """Everything that would refuse `who` now — shutting down, a full queue, team
         control — so an adapter can refuse inside its acknowledgement and call no provider.
         Recording the job checks again, exactly (`Store.add_job`)."""
         self.check_admission(who.user)
         try:
-            await self.team.check(who, self.model)
+            await self.team.check(who, model or self.model, size)
         except PolicyRefused as refused:
             metrics.refused(refused.refusal.rule.value)
             raise
+
+    def choose_model(self, model: str | None, size: str | None) -> tuple[str, str | None]:
+        """The model and size a new thread runs on, or the sentence refusing them: a model
+        this bot does not offer, one its provider does not sell, a size it does not make."""
+        chosen = model or self.model
+        if chosen not in self.models:
+            raise ModelNotOffered(chosen, self.models)
+        if not any(model_info(chosen).provider_id(n) for n in self.provider.name.split(",")):
+            raise ModelNotSold(chosen, self.provider.name)
+        info = model_info(chosen)
+        if size is None or size == info.default_size:
+            return chosen, size if info.sizes else None
+        if size not in info.sizes:
+            raise SizeNotSupported(chosen, size)
+        return chosen, size
+
+    def _continued_model(self, model: str, size: str | None) -> tuple[str, str | None]:
+        """A thread continues on its own model and size; one whose model this bot no longer
+        offers continues on the default model (the conversation is provider-neutral)."""
+        if model not in self.models:
+            return self.choose_model(None, None)
+        return self.choose_model(model, size)
 
     def check_admission(self, user_id: str) -> None:
         """Raise `UserQueueFull`/`ShuttingDown` now, so an adapter can refuse inside its ack.
@@ -468,6 +512,8 @@ class ImagineBot:
         parent_turn_id: str | None,
         follow_latest: bool,
         destination: JSON,
+        model: str,
+        size: str | None,
     ) -> Job:
         return Job(
             id=new_id(),
@@ -481,9 +527,10 @@ class ImagineBot:
             follow_latest=follow_latest,
             destination=destination,
             provider=self.provider.name,
-            model=self.model,
+            model=model,
+            size=size,
             created_at=now(),
-            cost_usd=self.team.price(self.model),
+            cost_usd=self.team.price(model, size),
         )
 
     async def _requester(self, thread_id: str, user_id: str, roles: frozenset[str]) -> Requester:
@@ -522,17 +569,21 @@ class ImagineBot:
         if request.turn_id is not None:
             turn = await self._turn(request.turn_id)
             latest = await self.store.latest_turn(turn.thread_id)
-            target = _Target(turn.thread_id, turn.id, turn.aspect_ratio)
+            model, size = self._continued_model(turn.model, turn.size)
+            target = _Target(turn.thread_id, turn.id, turn.aspect_ratio, model, size)
             return target, latest is not None and latest.id == turn.id
         if request.thread_key is not None:
             thread = await self.store.thread_by_key(request.thread_key)
             if thread is not None:
                 latest = await self.store.latest_turn(thread.id)
                 if latest is not None:
-                    return _Target(thread.id, latest.id, latest.aspect_ratio), True
+                    model, size = self._continued_model(latest.model, latest.size)
+                    target = _Target(thread.id, latest.id, latest.aspect_ratio, model, size)
+                    return target, True
                 pending = await self.store.active_job_for_thread(thread.id)
                 if pending is not None:
-                    return _Target(thread.id, None, pending.aspect_ratio), True
+                    model, size = self._continued_model(pending.model, pending.size)
+                    return _Target(thread.id, None, pending.aspect_ratio, model, size), True
         raise UnknownTurn(detail=f"no turn for {request}")
 
     async def _submit(
@@ -546,7 +597,7 @@ class ImagineBot:
                 job,
                 references,
                 max_queued=self.limits.per_user_queued,
-                admission=self.team.admission(who, job.model),
+                admission=self.team.admission(who, job.model, job.size),
             )
         except PolicyRefused as refused:
             self.board.forget(job.id)

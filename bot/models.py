@@ -140,6 +140,8 @@ class Turn:
     created_at: float
     duration_s: float
     deleted: bool = False
+    size: str | None = None
+    """Output size asked for (`2K`), for models that offer one; None: the model's only size."""
 
 
 class JobStatus(StrEnum):
@@ -197,6 +199,8 @@ class Job:
     cancel_requested: bool = False
     cost_usd: float = 0.0
     """Estimated US$ of the image, fixed when the job is accepted (the ledger's price)."""
+    size: str | None = None
+    """Output size for models that offer one; an edit continues on its thread's."""
     platform: str = field(default="", compare=False)
     """Where it was asked: its thread's platform, derived by the store (not compared)."""
 

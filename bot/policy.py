@@ -27,11 +27,11 @@ from enum import StrEnum
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from bot.catalog import model_info
 from bot.errors import ImagineError, plural
 
 __all__ = [
     "LISTS",
-    "LIST_PRICES",
     "NUMBERS",
     "Admission",
     "Counts",
@@ -53,19 +53,18 @@ __all__ = [
     "until",
 ]
 
-LIST_PRICES: Mapping[str, float] = {
-    "gemini-2.5-flash-image": 0.039,
-    "gemini-2.5-flash-image-preview": 0.039,
-}
-"""US$ per image at list price, for models whose price Google publishes per image."""
 
-
-def image_price(model: str, default_model: str, price_per_image: float) -> float:
-    """Estimated US$ of one image: `IMAGINE_PRICE_PER_IMAGE` prices the default model (a
-    team may pay less than list), other models their list price where one is known."""
-    if model == default_model:
+def image_price(
+    model: str, default_model: str, price_per_image: float, size: str | None = None
+) -> float:
+    """Estimated US$ of one image: `IMAGINE_PRICE_PER_IMAGE` prices the default model at
+    its default size (a team may pay less than list); other models and sizes their list
+    price in `bot.catalog` where one is known, else `IMAGINE_PRICE_PER_IMAGE` too."""
+    info = model_info(model)
+    if model == default_model and (size is None or size == info.default_size):
         return price_per_image
-    return LIST_PRICES.get(model, price_per_image)
+    listed = info.price(size)
+    return price_per_image if listed is None else listed
 
 
 class Rule(StrEnum):

@@ -257,6 +257,7 @@ class JobRunner:
             model=job.model,
             references=references,
             history=tuple(history),
+            size=job.size,
         )
         return request, notes
 
@@ -294,4 +295,5 @@ class JobRunner:
             usage=result.usage,
             created_at=now(),
             duration_s=round(duration, 3),
+            size=job.size,
         )

@@ -197,17 +197,18 @@ class TeamControl:
         self.store = store
         self.settings = settings
 
-    def price(self, model: str) -> float:
+    def price(self, model: str, size: str | None = None) -> float:
         s = self.settings
-        return image_price(model, s.default_model, s.price_per_image)
+        return image_price(model, s.default_model, s.price_per_image, size)
 
-    def admission(self, who: Requester, model: str) -> Admission:
-        return Admission(who, self.settings.env, self.price(model), self.settings.tz, now())
+    def admission(self, who: Requester, model: str, size: str | None = None) -> Admission:
+        price = self.price(model, size)
+        return Admission(who, self.settings.env, price, self.settings.tz, now())
 
-    async def check(self, who: Requester, model: str) -> None:
+    async def check(self, who: Requester, model: str, size: str | None = None) -> None:
         """Raise `PolicyRefused` when the policy refuses `who` now. A read: recording the
         job decides again, exactly (`Store.add_job`)."""
-        admission = self.admission(who, model)
+        admission = self.admission(who, model, size)
         refusal = await self.store.check_admission(admission)
         if refusal is not None:
             raise PolicyRefused(

@@ -74,6 +74,7 @@ turns = sa.Table(
     sa.Column("created_at", sa.Double(), nullable=False),
     sa.Column("duration_s", sa.Double(), nullable=False),
     sa.Column("deleted", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("size", sa.String(8), nullable=True),
     sa.Index(None, "thread_id", "created_at"),
     sa.Index(None, "parent_id"),
 )
@@ -109,6 +110,7 @@ jobs = sa.Table(
     sa.Column("channel", sa.String(255), nullable=False),
     sa.Column("cost_usd", sa.Double(), nullable=False),
     sa.Column("tokens", sa.Integer(), nullable=False),
+    sa.Column("size", sa.String(8), nullable=True),
     sa.Index(None, "status"),
     sa.Index(None, "thread_id"),
     sa.Index(None, "settled"),

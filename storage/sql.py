@@ -1150,6 +1150,7 @@ def _turn_values(turn: Turn) -> dict[str, Any]:
         "created_at": turn.created_at,
         "duration_s": turn.duration_s,
         "deleted": turn.deleted,
+        "size": turn.size,
     }
 
 
@@ -1177,6 +1178,7 @@ def _turn(row: Row[Any]) -> Turn:
         created_at=m["created_at"],
         duration_s=m["duration_s"],
         deleted=bool(m["deleted"]),
+        size=m["size"],
     )
 
 
@@ -1212,6 +1214,7 @@ def _job_values(job: Job) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "cost_usd": job.cost_usd,
         "tokens": 0,
+        "size": job.size,
     }
 
 
@@ -1242,5 +1245,6 @@ def _job(row: Row[Any]) -> Job:
         settled=bool(m["settled"]),
         cancel_requested=bool(m["cancel_requested"]),
         cost_usd=float(m["cost_usd"]),
+        size=m["size"],
         platform=m["platform"],
     )

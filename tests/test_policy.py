@@ -317,3 +317,8 @@ def test_prices() -> None:
     assert image_price("gemini-2.5-flash-image", "gemini-2.5-flash-image", 0.02) == 0.02
     assert image_price("gemini-2.5-flash-image", "other-default", 0.02) == 0.039
     assert image_price("unknown-model", "other-default", 0.02) == 0.02
+    pro = "gemini-3-pro-image-preview"
+    assert image_price(pro, "gemini-2.5-flash-image", 0.039, "2K") == 0.134
+    assert image_price(pro, "gemini-2.5-flash-image", 0.039, "4K") == 0.24
+    assert image_price(pro, pro, 0.12) == 0.12  # the team's own price for its default
+    assert image_price(pro, pro, 0.12, "4K") == 0.24
