@@ -29,9 +29,10 @@ from .convert import (
     custom_id,
     error_text,
     interaction_destination,
+    interaction_requester,
     modal_value,
 )
-from .respond import acked, report, send_error, turn_is_known
+from .respond import acked, refused_at_once, report, send_error, turn_is_known
 from .runtime import ActionHandler, Runtime
 from .sink import DiscordSink
 
@@ -52,8 +53,11 @@ StartJob = Callable[[DiscordSink, JSON], Awaitable[Job]]
 async def start_job(
     runtime: Runtime, interaction: discord.Interaction[Any], start: StartJob
 ) -> None:
-    """A button or modal that makes a new image: "thinking…" at once, the image later as
+    """A button or modal that makes a new image: refused privately at once when team
+    control (or a full queue) would refuse it; else "thinking…" at once, the image later as
     this interaction's response (or a channel message once its token expired)."""
+    if await refused_at_once(runtime, interaction, interaction_requester(interaction)):
+        return
     await interaction.response.defer(thinking=True)
     acked(interaction)
     destination = interaction_destination(interaction)
@@ -67,11 +71,13 @@ async def reroll(runtime: Runtime, interaction: discord.Interaction[Any], turn_i
     if not await turn_is_known(runtime, turn_id):
         await send_error(interaction, UnknownTurn(detail=f"reroll of {turn_id}"))
         return
-    user = str(interaction.user.id)
+    user, roles = str(interaction.user.id), interaction_requester(interaction).roles
     await start_job(
         runtime,
         interaction,
-        lambda sink, destination: runtime.core.reroll(turn_id, user, sink, destination=destination),
+        lambda sink, destination: runtime.core.reroll(
+            turn_id, user, sink, destination=destination, roles=roles
+        ),
     )
 
 
@@ -79,11 +85,13 @@ async def retry(runtime: Runtime, interaction: discord.Interaction[Any], job_id:
     """A failed job again, as a new job of whoever clicks; it lands where a Reroll would.
     A job that can't be retried (its image deleted meanwhile) or a full queue is answered
     privately."""
-    user = str(interaction.user.id)
+    user, roles = str(interaction.user.id), interaction_requester(interaction).roles
     await start_job(
         runtime,
         interaction,
-        lambda sink, destination: runtime.core.retry(job_id, user, sink, destination=destination),
+        lambda sink, destination: runtime.core.retry(
+            job_id, user, sink, destination=destination, roles=roles
+        ),
     )
 
 
@@ -93,6 +101,8 @@ async def open_edit_modal(
     if not await turn_is_known(runtime, turn_id):
         await send_error(interaction, UnknownTurn(detail=f"edit of {turn_id}"))
         return
+    if await refused_at_once(runtime, interaction, interaction_requester(interaction)):
+        return  # before the user types an instruction that could not run
     modal = instruction_modal(
         custom_id(EDIT_MODAL, turn_id),
         title="Edit this image",
@@ -108,13 +118,17 @@ async def submit_edit(
     """The Edit modal's text is handled exactly like a reply to the image."""
     data: Any = interaction.data or {}
     instruction = modal_value(data.get("components") or ())
-    user = str(interaction.user.id)
+    user, roles = str(interaction.user.id), interaction_requester(interaction).roles
     await start_job(
         runtime,
         interaction,
         lambda sink, destination: runtime.core.edit(
             EditRequest(
-                user_id=user, instruction=instruction, turn_id=turn_id, destination=destination
+                user_id=user,
+                instruction=instruction,
+                turn_id=turn_id,
+                destination=destination,
+                roles=roles,
             ),
             sink,
         ),

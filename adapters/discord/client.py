@@ -35,7 +35,7 @@ from discord.http import Route
 from bot.config import Settings, StartupError
 from bot.core import ImagineBot
 
-from . import commands, replies
+from . import commands, replies, team
 from .actions import ACTIONS
 from .buttons import DYNAMIC_ITEMS
 from .commands import submit_image_modal
@@ -175,6 +175,7 @@ class DiscordAdapter:
         )
         setattr(self.client, RUNTIME_ATTRIBUTE, self.runtime)
         commands.install(self.client.tree, self.runtime)
+        team.install(self.client.tree, self.runtime)
         core.register_platform(PLATFORM, sink_factory(self.runtime))
         self.invite_url: str | None = None
         self._ready_timeout = ready_timeout

@@ -26,12 +26,13 @@ from .convert import (
     custom_id,
     error_text,
     interaction_destination,
+    interaction_requester,
     message_target,
     modal_value,
     parse_message_target,
     thread_key,
 )
-from .respond import acked, report, send_error
+from .respond import acked, refused_at_once, report, send_error
 from .runtime import AttachmentRef, Runtime
 from .sink import DiscordSink
 
@@ -48,7 +49,8 @@ async def start_imagine(
     aspect_ratio: str | None,
     refs: Sequence[AttachmentRef],
 ) -> None:
-    """Validate (instant), defer, download, hand the job to the core."""
+    """Validate (instant), check team control (a quick read), defer, download, hand the
+    job to the core. A refusal is ephemeral and calls no provider."""
     try:
         clean_prompt(prompt)
         parse_aspect_ratio(aspect_ratio)
@@ -56,6 +58,8 @@ async def start_imagine(
     except ImagineError as error:
         await interaction.response.send_message(error_text(error), ephemeral=True)
         acked(interaction)
+        return
+    if await refused_at_once(runtime, interaction, interaction_requester(interaction)):
         return
     await interaction.response.defer(thinking=True)
     acked(interaction)
@@ -82,6 +86,7 @@ async def _imagine(
         aspect_ratio=aspect_ratio,
         references=images,
         destination=destination.to_json(),
+        roles=interaction_requester(interaction).roles,
     )
     await runtime.core.imagine(request, DiscordSink(runtime, destination))
 
@@ -103,6 +108,8 @@ async def open_image_modal(
     except ImagineError as error:
         await send_error(interaction, error)
         return
+    if await refused_at_once(runtime, interaction, interaction_requester(interaction)):
+        return  # before the user types an instruction that could not run
     modal_id = custom_id(NEW_MODAL, message_target(message.channel.id, message.id))
     runtime.remember_targets(modal_id, refs)
     modal = instruction_modal(
@@ -120,6 +127,8 @@ async def submit_image_modal(
     """A new thread with the chosen message's image(s) as references."""
     data: Any = interaction.data or {}
     prompt = modal_value(data.get("components") or ())
+    if await refused_at_once(runtime, interaction, interaction_requester(interaction)):
+        return
     await interaction.response.defer(thinking=True)
     acked(interaction)
     try:

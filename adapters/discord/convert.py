@@ -16,6 +16,7 @@ import discord
 from bot.core import Phase, Progress
 from bot.errors import ImagineError
 from bot.models import JSON, Job, ThreadKey, Turn, TurnKind
+from bot.policy import Requester
 
 PLATFORM: Final = "discord"
 
@@ -166,10 +167,62 @@ class Destination:
         return now - self.token_created_at < TOKEN_LIFETIME - TOKEN_MARGIN
 
 
+def workspace_of(guild_id: int | None) -> str:
+    """A server's id, or `@dm`: the workspace of threads and of team control alike."""
+    return str(guild_id) if guild_id else "@dm"
+
+
 def thread_key(guild_id: int | None, channel_id: int, anchor_id: int) -> ThreadKey:
     """A Discord conversation: guild (or `@dm`), channel, the id that started it."""
-    return ThreadKey(
-        PLATFORM, str(guild_id) if guild_id else "@dm", str(channel_id), str(anchor_id)
+    return ThreadKey(PLATFORM, workspace_of(guild_id), str(channel_id), str(anchor_id))
+
+
+# --- who asks (team control) ----------------------------------------------------------------
+
+
+def role_ids(user: discord.User | discord.Member, guild_id: int | None) -> frozenset[str]:
+    """A member's role ids, @everyone (the guild's id) included so allowing it means
+    everyone. Read from the payload's ids as well as `member.roles`, which drops any role
+    missing from the guild cache (a server not yet loaded, a role event not yet seen): an
+    allowed role must never be missed."""
+    if not isinstance(user, discord.Member) or not guild_id:
+        return frozenset()
+    cached = {role.id for role in user.roles}
+    raw = {int(role_id) for role_id in getattr(user, "_roles", ())}
+    return frozenset(str(role_id) for role_id in cached | raw | {guild_id})
+
+
+def _manages(permissions: discord.Permissions) -> bool:
+    """Manage Server, which Administrator implies whether or not Discord lists it."""
+    return permissions.manage_guild or permissions.administrator
+
+
+def interaction_requester(interaction: discord.Interaction[Any]) -> Requester:
+    """Who runs a command or clicks a button, and where. Manage Server makes a platform
+    admin; in DMs there is no server to administer."""
+    guild_id = interaction.guild_id
+    return Requester(
+        platform=PLATFORM,
+        workspace=workspace_of(guild_id),
+        channel=str(interaction.channel_id or 0),
+        user=str(interaction.user.id),
+        roles=role_ids(interaction.user, guild_id),
+        platform_admin=bool(guild_id) and _manages(interaction.permissions),
+    )
+
+
+def message_requester(message: discord.Message) -> Requester:
+    """Who wrote a message (a reply that edits an image), and where."""
+    guild_id = message.guild.id if message.guild else getattr(message.channel, "guild_id", None)
+    author = message.author
+    admin = isinstance(author, discord.Member) and _manages(author.guild_permissions)
+    return Requester(
+        platform=PLATFORM,
+        workspace=workspace_of(guild_id),
+        channel=str(message.channel.id),
+        user=str(author.id),
+        roles=role_ids(author, guild_id),
+        platform_admin=bool(guild_id) and admin,
     )
 
 

@@ -20,7 +20,13 @@ from bot.errors import ImagineError, InternalError, UnknownTurn
 from bot.models import Turn
 
 from . import attachments
-from .convert import PLATFORM, error_text, message_destination, strip_mention
+from .convert import (
+    PLATFORM,
+    error_text,
+    message_destination,
+    message_requester,
+    strip_mention,
+)
 from .runtime import AttachmentRef, Runtime
 from .sink import DiscordSink
 
@@ -65,8 +71,10 @@ async def on_message(runtime: Runtime, message: discord.Message) -> None:
     if not await runtime.claim_message(message):
         return
     refs = [AttachmentRef.of(a) for a in message.attachments]
+    who = message_requester(message)
     try:
         attachments.check(refs, runtime.cdn_hosts)
+        await runtime.core.precheck(who)  # a refusal downloads nothing (the edit checks again)
         images = await attachments.download(runtime.http(), refs, runtime.cdn_hosts)
         destination = message_destination(message)
         request = EditRequest(
@@ -75,6 +83,7 @@ async def on_message(runtime: Runtime, message: discord.Message) -> None:
             turn_id=turn.id,
             references=images,
             destination=destination.to_json(),
+            roles=who.roles,
         )
         await runtime.core.edit(request, DiscordSink(runtime, destination))
     except ImagineError as error:

@@ -16,6 +16,7 @@ import discord
 
 from bot import metrics
 from bot.errors import ImagineError, InternalError
+from bot.policy import Requester
 
 from .convert import PLATFORM, error_text
 from .runtime import Runtime
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 LOOKUP_BUDGET = 1.5
 """Seconds a handler may spend looking something up before it must answer Discord."""
+ACK_DEADLINE = 2.5
+"""Answer by then (Discord's clock, the interaction's snowflake time): 3 s, minus margin."""
+MIN_BUDGET = 0.25
+"""A check gets at least this long: a local clock running ahead must not skip it."""
 
 
 def acked(interaction: discord.Interaction[Any]) -> None:
@@ -73,3 +78,32 @@ async def turn_is_known(runtime: Runtime, turn_id: str) -> bool:
         log.warning("looking up turn %s failed; letting the core decide", turn_id, exc_info=True)
         return True
     return turn is not None
+
+
+async def refused_at_once(
+    runtime: Runtime, interaction: discord.Interaction[Any], who: Requester
+) -> bool:
+    """Refuse inside the acknowledgement (ephemeral, no provider call) when the core would:
+    team control, a full queue, shutting down. True when it answered.
+
+    A read, within what is left of Discord's 3 s (claims and lookups came first); a slow
+    or failing store lets the request through, since recording the job decides again,
+    exactly, and its refusal is then reported after the defer.
+    """
+    try:
+        await asyncio.wait_for(runtime.core.precheck(who), _budget_left(interaction))
+    except ImagineError as error:
+        log.info("interaction %s refused: %s", interaction.id, error)
+        await send_error(interaction, error)
+        acked(interaction)
+        return True
+    except TimeoutError:
+        log.warning("team control check for interaction %s timed out", interaction.id)
+    except Exception:
+        log.warning("team control check for interaction %s failed", interaction.id, exc_info=True)
+    return False
+
+
+def _budget_left(interaction: discord.Interaction[Any]) -> float:
+    elapsed = (discord.utils.utcnow() - interaction.created_at).total_seconds()
+    return min(LOOKUP_BUDGET, max(MIN_BUDGET, ACK_DEADLINE - elapsed))

@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +37,7 @@ INTENT_GUILD_MESSAGES = 1 << 9
 INTENT_DM_MESSAGES = 1 << 12
 INTENT_MESSAGE_CONTENT = 1 << 15
 
+MANAGE_GUILD = 1 << 5
 MANAGE_MESSAGES = 1 << 13
 MEMBER_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 16)
 """View Channel, Send Messages, Read Message History: an ordinary member."""
@@ -136,6 +137,10 @@ class FakeDiscord:
         (discord.py retries a 5xx for 25 s before giving up the same way)."""
         self.downloads: list[str] = []
         """Paths of attachment downloads from the fake CDN."""
+        self.cdn_gate: asyncio.Event | None = None
+        """When set, attachment downloads wait until this event is set (a slow CDN)."""
+        self.roles: dict[int, str] = {}
+        """The guild's roles besides @everyone (id → name), sent in GUILD_CREATE."""
         self.base_url = ""
         self._ids = itertools.count(100)
         self._blobs: dict[str, _Blob] = {}
@@ -206,10 +211,30 @@ class FakeDiscord:
             payload["content_type"] = content_type
         return payload
 
-    def member(self, user: User, permissions: int = MEMBER_PERMISSIONS) -> dict[str, Any]:
+    def role(self, name: str) -> int:
+        """A guild role (create it before the bot connects: GUILD_CREATE carries it)."""
+        role_id = self.new_id()
+        self.roles[role_id] = name
+        return role_id
+
+    def role_payload(self, role_id: int) -> dict[str, Any]:
+        return {
+            "id": str(role_id),
+            "name": "@everyone" if role_id == self.guild_id else self.roles.get(role_id, "role"),
+            "permissions": str(MEMBER_PERMISSIONS) if role_id == self.guild_id else "0",
+            "position": 0 if role_id == self.guild_id else 1,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": False,
+        }
+
+    def member(
+        self, user: User, permissions: int = MEMBER_PERMISSIONS, roles: Sequence[int] = ()
+    ) -> dict[str, Any]:
         return {
             "user": user.payload(),
-            "roles": [],
+            "roles": [str(role_id) for role_id in roles],
             "joined_at": iso(),
             "deaf": False,
             "mute": False,
@@ -227,8 +252,11 @@ class FakeDiscord:
         permissions: int = MEMBER_PERMISSIONS,
         message: dict[str, Any] | None = None,
         at: datetime | None = None,
+        roles: Sequence[int] = (),
+        channel_id: int | None = None,
     ) -> dict[str, Any]:
-        """An INTERACTION_CREATE payload: in the guild channel, or in the user's DMs."""
+        """An INTERACTION_CREATE payload: in the guild channel (or `channel_id`, another
+        text channel of the guild), or in the user's DMs; `roles` are the member's."""
         payload: dict[str, Any] = {
             "id": str(self.new_id(at)),
             "application_id": str(self.app_id),
@@ -246,17 +274,18 @@ class FakeDiscord:
             payload["user"] = user.payload()
             payload["context"] = 1
         else:
+            channel = channel_id or self.channel_id
             payload["guild_id"] = str(self.guild_id)
-            payload["channel_id"] = str(self.channel_id)
+            payload["channel_id"] = str(channel)
             payload["channel"] = {
-                "id": str(self.channel_id),
+                "id": str(channel),
                 "type": 0,
                 "guild_id": str(self.guild_id),
-                "name": "general",
+                "name": "general" if channel == self.channel_id else f"channel-{channel}",
                 "position": 0,
                 "permission_overwrites": [],
             }
-            payload["member"] = self.member(user, permissions)
+            payload["member"] = self.member(user, permissions, roles)
             payload["context"] = 0
         if message is not None:
             payload["message"] = message
@@ -271,8 +300,10 @@ class FakeDiscord:
         images: list[dict[str, Any]] | None = None,
         dm: bool = False,
         at: datetime | None = None,
+        **where: Any,
     ) -> dict[str, Any]:
-        """`/imagine` as Discord sends it; `images` are attachment payloads (up to three)."""
+        """`/imagine` as Discord sends it; `images` are attachment payloads (up to three);
+        `where` goes to `interaction` (`roles`, `permissions`, `channel_id`)."""
         options: list[dict[str, Any]] = [{"name": "prompt", "type": 3, "value": prompt}]
         if aspect_ratio is not None:
             options.append({"name": "aspect_ratio", "type": 3, "value": aspect_ratio})
@@ -288,7 +319,7 @@ class FakeDiscord:
         }
         if resolved:
             data["resolved"] = resolved
-        return self.interaction(2, data, user, dm=dm, at=at)
+        return self.interaction(2, data, user, dm=dm, at=at, **where)
 
     def context_menu(self, user: User, target: dict[str, Any]) -> dict[str, Any]:
         """The "Edit image" message command on `target` (a message payload)."""
@@ -302,13 +333,21 @@ class FakeDiscord:
         return self.interaction(2, data, user)
 
     def button(
-        self, user: User, message: dict[str, Any], custom_id: str, *, permissions: int = 0
+        self,
+        user: User,
+        message: dict[str, Any],
+        custom_id: str,
+        *,
+        permissions: int = 0,
+        roles: Sequence[int] = (),
     ) -> dict[str, Any]:
         """A click on the button `custom_id` of `message` (which must carry it)."""
         data = {"custom_id": custom_id, "component_type": 2}
         dm = "guild_id" not in message
         perms = permissions or MEMBER_PERMISSIONS
-        return self.interaction(3, data, user, dm=dm, permissions=perms, message=message)
+        return self.interaction(
+            3, data, user, dm=dm, permissions=perms, message=message, roles=roles
+        )
 
     def modal_submit(
         self, user: User, custom_id: str, values: dict[str, str], message: dict[str, Any] | None
@@ -330,14 +369,17 @@ class FakeDiscord:
         attachments: list[dict[str, Any]] | None = None,
         dm: bool = False,
         channel_id: int | None = None,
+        roles: Sequence[int] = (),
     ) -> dict[str, Any]:
         """A MESSAGE_CREATE payload from a person, optionally replying to `reply_to`;
-        `channel_id` puts it elsewhere in the guild (a thread the bot never cached)."""
+        `channel_id` puts it elsewhere in the guild (a thread the bot never cached);
+        `roles` are the author's."""
         channel = channel_id or (self.dm_channel_id if dm else self.channel_id)
         message = self._message(channel, user.payload(), content, attachments=attachments or [])
         if not dm:
             message["guild_id"] = str(self.guild_id)
-            message["member"] = {k: v for k, v in self.member(user).items() if k != "user"}
+            member = self.member(user, roles=roles)
+            message["member"] = {k: v for k, v in member.items() if k != "user"}
         if reply_to is not None:
             message["type"] = 19
             message["message_reference"] = {
@@ -613,6 +655,8 @@ class FakeDiscord:
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         self.downloads.append(request.path)
+        if self.cdn_gate is not None:
+            await self.cdn_gate.wait()
         blob = self._blobs.get(request.match_info["key"])
         if blob is None:
             return web.Response(status=404)
@@ -671,18 +715,7 @@ class FakeDiscord:
             "unavailable": False,
             "owner_id": str(self.new_id()),
             "member_count": 3,
-            "roles": [
-                {
-                    "id": str(self.guild_id),
-                    "name": "@everyone",
-                    "permissions": str(MEMBER_PERMISSIONS),
-                    "position": 0,
-                    "color": 0,
-                    "hoist": False,
-                    "managed": False,
-                    "mentionable": False,
-                }
-            ],
+            "roles": [self.role_payload(role_id) for role_id in (self.guild_id, *self.roles)],
             "channels": [
                 {
                     "id": str(self.channel_id),

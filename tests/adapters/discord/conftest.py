@@ -80,10 +80,13 @@ async def run_bot(
     limits: Limits = Limits(),
     **settings: Any,
 ) -> RunningBot:
+    """`settings` are environment variables (`IMAGINE_USER_DAILY_LIMIT="1"`, …): team
+    control comes from them as in `imagine-bot run`."""
+    config = settings_for(fake, **settings)
     store = await open_store(db_url)
-    core = ImagineBot(store, provider, model=MODEL, limits=limits)
+    core = ImagineBot(store, provider, model=MODEL, limits=limits, team=config.team_settings())
     await core.start()
-    adapter = DiscordAdapter(core, settings_for(fake, **settings), guild_ready_timeout=0.05)
+    adapter = DiscordAdapter(core, config, guild_ready_timeout=0.05)
     try:
         await adapter.start()
     except BaseException:
