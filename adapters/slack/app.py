@@ -25,6 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack.convert import PLATFORM
 from adapters.slack.files import SlackFiles
 from adapters.slack.handlers import SlackHandlers
+from adapters.slack.team import SlackAdmins, SlackTeam
 from bot.config import Settings, SettingsError, StartupError
 from bot.core import ImagineBot
 
@@ -89,6 +90,8 @@ class SlackAdapter:
             core, self.client, self.files, progress_interval=progress_interval
         )
         self.handlers.register(self.app)
+        self.team = SlackTeam(core, self.client, SlackAdmins(self.client))
+        self.team.register(self.app)
         core.register_platform(PLATFORM, self.handlers.sink_for_job)
         self._socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None

@@ -7,6 +7,12 @@
   retries share an `event_id`, a mention's `app_mention` + `message` twins share channel+ts,
   and both are claimed in the store, so this holds across restarts and replicas.
 - Buttons carry the action and a turn (or job) id; everything else comes from the store.
+- Team control: every way of asking for an image is prechecked (`core.precheck`) before
+  anything is posted, and a refusal is private: inside the ack for `/imagine`, an ephemeral
+  message for mentions, thread messages, buttons and the Edit modal. If the exact check
+  inside the core's transaction still refuses (a race), the status message is withdrawn
+  and the sentence is told privately too. `/imagine-usage` and `/imagine-admin` live in
+  `adapters.slack.team`.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from bot import metrics
 from bot.core import EditRequest, ImagineBot, ImagineRequest, ReplySink
 from bot.errors import ImagineError, InternalError, UnknownTurn
 from bot.models import JSON, Job, JobStatus, Thread, ThreadKey, Turn
+from bot.policy import PolicyRefused, Requester
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +68,22 @@ NOT_IN_CHANNEL = (
 )
 STARTING = ":hourglass_flowing_sand: Starting…"
 
+Tell = Callable[[str], Awaitable[None]]
+"""Says one line privately to whoever asked (an ephemeral message or response)."""
+
 
 def workspace(context: AsyncBoltContext, body: dict[str, Any]) -> str:
     """The installation's workspace (from auth.test), the same for every request, so a thread
     started by a guest from another org in a shared channel is still found by its key."""
     result = context.authorize_result
     return (result.team_id if result is not None else None) or team_of(body, context.team_id)
+
+
+def requester(key: ThreadKey, user: str) -> Requester:
+    """Who asks for an image, and where (the thread's workspace and channel, as the core
+    counts it). Slack has no roles; whether the user is a Slack admin does not matter for
+    admission, so generating never waits on `users.info`."""
+    return Requester(PLATFORM, key.workspace, key.channel, user)
 
 
 class SlackHandlers:
@@ -112,17 +129,21 @@ class SlackHandlers:
         received = time.monotonic()
         user = str(command.get("user_id") or "")
         channel = str(command.get("channel_id") or "")
+        team = workspace(context, command)
         try:
             prompt, ratio = parse_prompt(command.get("text"))
-            self.core.check_admission(user)
         except ImagineError as error:
             text = f"{blocks.error_text(error.user_message)}\n{USAGE}"
             await ack(text=text, response_type="ephemeral")
             metrics.acked(PLATFORM, time.monotonic() - received)
             return
+        refusal = await self._precheck(Requester(PLATFORM, team, channel, user))
+        if refusal is not None:  # say so inside the ack, call nobody
+            await ack(text=blocks.error_text(refusal.user_message), response_type="ephemeral")
+            metrics.acked(PLATFORM, time.monotonic() - received)
+            return
         await ack()
         metrics.acked(PLATFORM, time.monotonic() - received)
-        team = workspace(context, command)
         head = blocks.header(user, "imagine", prompt)
         try:
             text, content = blocks.status_message(head, STARTING)
@@ -144,7 +165,11 @@ class SlackHandlers:
             aspect_ratio=ratio,
             destination=destination.to_json(),
         )
-        await self._submit(sink, lambda: self.core.imagine(request, sink))
+        await self._submit(
+            sink,
+            lambda: self.core.imagine(request, sink),
+            tell=lambda text: self._respond(respond, text),
+        )
 
     # --- messages and mentions --------------------------------------------------------------------
 
@@ -181,9 +206,20 @@ class SlackHandlers:
             log.info("ignoring a duplicate delivery of %s", inbound.dedupe_id)
             return
         kind = "edit" if thread is not None else "imagine"
+        # a refusal goes to the asker alone: in the thread, or where a top-level mention was
+        private_ts = None if inbound.intent is Intent.NEW else inbound.thread_ts
+
+        async def tell(text: str) -> None:
+            await self._whisper(inbound.channel, inbound.user, text, private_ts)
+
+        try:
+            await self.core.precheck(requester(thread.key if thread else inbound.key, inbound.user))
+        except ImagineError as error:
+            log.info("refused a Slack message by %s: %s", inbound.user, error)
+            await tell(blocks.error_text(error.user_message))
+            return
         try:
             prompt, ratio = parse_prompt(inbound.text, bot)
-            self.core.check_admission(inbound.user)
             references = await self.files.images(inbound.files)
         except ImagineError as error:
             log.info("refused a Slack message: %s", error)
@@ -204,7 +240,7 @@ class SlackHandlers:
                 aspect_ratio=ratio,
                 destination=destination,
             )
-            await self._submit(sink, lambda: self.core.edit(edit, sink))
+            await self._submit(sink, lambda: self.core.edit(edit, sink), tell=tell)
         else:
             new = ImagineRequest(
                 key=inbound.key,
@@ -214,7 +250,7 @@ class SlackHandlers:
                 references=references,
                 destination=destination,
             )
-            await self._submit(sink, lambda: self.core.imagine(new, sink))
+            await self._submit(sink, lambda: self.core.imagine(new, sink), tell=tell)
 
     async def _claim(self, event_id: str | None, message_id: str) -> bool:
         if event_id and not await self.core.claim_event(PLATFORM, str(event_id)):
@@ -238,7 +274,7 @@ class SlackHandlers:
             elif action_id == ACTION_REROLL:
                 await self._reroll(value, user)
             elif action_id == ACTION_EDIT:
-                await self._open_edit(value, str(body.get("trigger_id") or ""))
+                await self._open_edit(value, user, str(body.get("trigger_id") or ""))
             elif action_id == ACTION_DELETE:
                 await self._delete(value, user)
             elif action_id == ACTION_RETRY:
@@ -251,7 +287,7 @@ class SlackHandlers:
 
     async def _reroll(self, turn_id: str, user: str) -> None:
         turn, thread = await self._turn_and_thread(turn_id)
-        self.core.check_admission(user)
+        await self.core.precheck(requester(thread.key, user))
         await self._start_in_thread(
             thread,
             user,
@@ -273,7 +309,7 @@ class SlackHandlers:
         thread = await self.core.get_thread(failed.thread_id)
         if thread is None or thread.key.platform != PLATFORM:
             raise UnknownTurn(detail=f"thread of job {job_id}")
-        self.core.check_admission(user)
+        await self.core.precheck(requester(thread.key, user))
         await self._start_in_thread(
             thread,
             user,
@@ -293,10 +329,16 @@ class SlackHandlers:
         base = Destination(key.channel, key.thread, key.thread, None, user, key.workspace)
         sink = await self._status_sink(base, head)
         destination = sink.destination.to_json()
-        await self._submit(sink, lambda: start(sink, destination))
 
-    async def _open_edit(self, turn_id: str, trigger_id: str) -> None:
+        async def tell(text: str) -> None:
+            await self._whisper(key.channel, user, text, key.thread)
+
+        await self._submit(sink, lambda: start(sink, destination), tell=tell)
+
+    async def _open_edit(self, turn_id: str, user: str, trigger_id: str) -> None:
+        """The Edit modal, unless the user would be refused anyway (then say so at once)."""
         turn, thread = await self._turn_and_thread(turn_id)
+        await self.core.precheck(requester(thread.key, user))
         target = EditTarget(turn_id, thread.key.channel, thread.key.thread)
         await self.client.views_open(
             trigger_id=trigger_id, view=blocks.edit_modal(target, turn.prompt)
@@ -332,15 +374,24 @@ class SlackHandlers:
             if target is None:
                 raise UnknownTurn(detail="edit modal without readable private_metadata")
             instruction, ratio = parse_plain_prompt(modal_instruction(view))
-            self.core.check_admission(user)
         except ImagineError as error:
             await ack(
                 response_action="errors",
                 errors={EDIT_BLOCK: blocks.trim(error.user_message, 150)},
             )
             return
-        await ack()
         team = workspace(context, body)
+        key = ThreadKey(PLATFORM, team, target.channel, target.thread_ts)
+
+        async def tell(text: str) -> None:
+            await self._whisper(target.channel, user, text, target.thread_ts)
+
+        refusal = await self._precheck(requester(key, user))
+        if refusal is not None:  # not the text's fault: close the form, say why privately
+            await ack()
+            await tell(blocks.error_text(refusal.user_message))
+            return
+        await ack()
         base = Destination(target.channel, target.thread_ts, target.thread_ts, None, user, team)
         try:
             sink = await self._status_sink(base, blocks.header(user, "edit", instruction))
@@ -356,9 +407,22 @@ class SlackHandlers:
             aspect_ratio=ratio,
             destination=sink.destination.to_json(),
         )
-        await self._submit(sink, lambda: self.core.edit(request, sink))
+        await self._submit(sink, lambda: self.core.edit(request, sink), tell=tell)
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    async def _precheck(self, who: Requester) -> ImagineError | None:
+        """Why `who` would be refused now, if they would: before an ack, which must come
+        whatever happens (a broken database is an apology, not a silent timeout)."""
+        try:
+            await self.core.precheck(who)
+        except ImagineError as error:
+            log.info("refused %s in %s: %s", who.user, who.channel, error)
+            return error
+        except Exception:
+            log.exception("checking %s in %s failed", who.user, who.channel)
+            return InternalError()
+        return None
 
     def _sink(self, destination: Destination, head: str) -> SlackSink:
         return SlackSink(
@@ -373,10 +437,22 @@ class SlackHandlers:
         )
         return self._sink(replace(base, status_ts=str(posted["ts"])), head)
 
-    async def _submit(self, sink: SlackSink, start: Callable[[], Awaitable[Job]]) -> None:
-        """Hand the job to the core; a refusal (queue full, unknown turn…) shows in its place."""
+    async def _submit(
+        self, sink: SlackSink, start: Callable[[], Awaitable[Job]], *, tell: Tell | None = None
+    ) -> None:
+        """Hand the job to the core; a refusal (queue full, unknown turn…) shows in its place.
+
+        Team control's exact check can still refuse here (another request took the last
+        image since the precheck): then the status message goes away and only the asker
+        reads why, through `tell`."""
         try:
             await start()
+        except PolicyRefused as refused:
+            log.info("the core refused a Slack request: %s", refused)
+            if tell is not None and await self._withdraw(sink):
+                await tell(blocks.error_text(refused.user_message))
+            else:
+                await sink.fail(None, refused)
         except ImagineError as error:
             log.info("the core refused a Slack request: %s", error)
             await sink.fail(None, error)
@@ -401,15 +477,27 @@ class SlackHandlers:
         except SlackApiError as exc:
             log.warning("could not report an error in %s: %s", channel, exc.response.get("error"))
 
+    async def _withdraw(self, sink: SlackSink) -> bool:
+        """Delete a job's status message that will show nothing; False if it stays."""
+        if sink.status_ts is None:
+            return False
+        try:
+            await self.client.chat_delete(channel=sink.destination.channel, ts=sink.status_ts)
+        except SlackApiError as exc:
+            log.warning("could not withdraw %s: %s", sink.status_ts, exc.response.get("error"))
+            return False
+        return True
+
     async def _ephemeral(
         self, channel: str, user: str, error: ImagineError, thread_ts: str | None
     ) -> None:
+        await self._whisper(channel, user, blocks.error_text(error.user_message), thread_ts)
+
+    async def _whisper(self, channel: str, user: str, text: str, thread_ts: str | None) -> None:
+        """An ephemeral message: only `user` sees it, in `channel` (and that thread)."""
         try:
             await self.client.chat_postEphemeral(
-                channel=channel,
-                user=user,
-                text=blocks.error_text(error.user_message),
-                thread_ts=thread_ts,
+                channel=channel, user=user, text=text, thread_ts=thread_ts
             )
         except SlackApiError as exc:
             log.warning("could not tell %s: %s", user, exc.response.get("error"))

@@ -4,10 +4,12 @@ The real `slack_sdk.AsyncWebClient` talks to it (`base_url=fake.api_base`, trail
 included) and the real Bolt app receives what a test pushes through its Socket Mode
 websocket. Everything that arrives is recorded; tests wait on the records, with timeouts.
 
-- Web API `POST /api/<method>`: `auth.test`, `chat.postMessage` / `update` / `delete` /
+- Web API `POST` (or `GET`) `/api/<method>`: `auth.test`, `chat.postMessage` / `update` / `delete` /
   `postEphemeral`, `views.open`, `files.getUploadURLExternal` (the upload URL points back
   here), `files.completeUploadExternal`, `files.delete`, `files.info`,
-  `apps.connections.open` (needs the `xapp-` token). Bot methods need `Bearer xoxb-…`.
+  `apps.connections.open` (needs the `xapp-` token), `users.info` (workspace admins in
+  `admins`; `users_read_scope = False` answers `missing_scope`), `conversations.open` (a DM
+  is `D` + the user id). Bot methods need `Bearer xoxb-…`.
 - `POST /upload/<file_id>`: the bytes of `files_upload_v2`.
 - `GET /files-pri/<team>-<id>/<name>`: a file's `url_private`. Without the bot token — or
   with `files_read_scope = False` — it answers Slack's HTML login page with status 200.
@@ -89,8 +91,16 @@ class FakeSlack:
         self.uploads_open.set()
         """Clear it to hold every file upload until it is set again."""
         self.upload_attempts = 0
+        self.posts_open = asyncio.Event()
+        self.posts_open.set()
+        """Clear it to hold every chat.postMessage until it is set again (`posts_held` counts
+        the waiting ones): a test can let two requests pass a precheck before either posts."""
+        self.posts_held = 0
         self.post_errors: dict[str, str] = {}
         """channel → error that chat.postMessage answers there (e.g. `not_in_channel`)."""
+        self.admins: set[str] = set()
+        """Users whom `users.info` calls workspace admins (`is_admin`)."""
+        self.users_read_scope = True
         self.base_url = ""
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
@@ -107,6 +117,7 @@ class FakeSlack:
     async def start(self) -> str:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)  # the SDK GETs a few (users.info)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/files-pri/{file}/{name}", self._download)
         app.router.add_post("/response/{id}", self._response)
@@ -206,6 +217,10 @@ class FakeSlack:
         elif raw:
             params.update(parse_qsl(raw.decode(), keep_blank_values=True))
         auth = request.headers.get("Authorization", "")
+        if method == "chat.postMessage" and not self.posts_open.is_set():
+            self.posts_held += 1
+            await self._changed_now()
+            await self.posts_open.wait()
         self.calls.append(ApiCall(method, params, auth))
         try:
             body = self._answer(method, params, auth)
@@ -270,6 +285,32 @@ class FakeSlack:
 
     def _m_chat_postEphemeral(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "message_ts": self.next_ts()}
+
+    def _m_users_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not self.users_read_scope:
+            return {"ok": False, "error": "missing_scope", "needed": "users:read"}
+        user = str(params.get("user") or "")
+        if not user:
+            return {"ok": False, "error": "user_not_found"}
+        admin = user in self.admins
+        return {
+            "ok": True,
+            "user": {
+                "id": user,
+                "team_id": self.team_id,
+                "name": user.lower(),
+                "is_admin": admin,
+                "is_owner": False,
+                "is_primary_owner": False,
+                "is_bot": False,
+            },
+        }
+
+    def _m_conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        users = str(params.get("users") or "")
+        if not users or "," in users:
+            return {"ok": False, "error": "invalid_arguments"}
+        return {"ok": True, "channel": {"id": f"D{users}"}}
 
     def _m_views_open(self, params: dict[str, Any]) -> dict[str, Any]:
         if not params.get("trigger_id"):

@@ -27,6 +27,7 @@ from bot.providers.base import Provider
 from bot.providers.demo import DemoProvider
 from bot.providers.http import RetryPolicy
 from bot.providers.nexconn import NexconnProvider
+from bot.team import TeamSettings
 from storage import open_store
 from tests.fakes.nexconn_server import FakeNexconn
 from tests.fakes.slack_server import FakeSlack, Message
@@ -41,7 +42,14 @@ NEXCONN_KEY = "nx-test-key"
 # --- payloads, as Slack sends them ----------------------------------------------------------------
 
 
-def command_form(text: str, *, user: str = "U1", channel: str = "C1", rid: str = "r1") -> dict:
+def command_form(
+    text: str,
+    *,
+    user: str = "U1",
+    channel: str = "C1",
+    rid: str = "r1",
+    command: str = "/imagine",
+) -> dict:
     return {
         "token": "legacy",
         "team_id": TEAM,
@@ -50,7 +58,7 @@ def command_form(text: str, *, user: str = "U1", channel: str = "C1", rid: str =
         "channel_name": "general",
         "user_id": user,
         "user_name": user.lower(),
-        "command": "/imagine",
+        "command": command,
         "text": text,
         "api_app_id": "A1",
         "response_url": f"{{base}}/response/{rid}",
@@ -290,7 +298,11 @@ async def launch(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[Launch]:
     bots: list[Bot] = []
 
     async def start(
-        provider: Provider | None = None, *, socket_mode: bool = False, db: str = "bot.db"
+        provider: Provider | None = None,
+        *,
+        socket_mode: bool = False,
+        db: str = "bot.db",
+        team: TeamSettings | None = None,
     ) -> Bot:
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
@@ -303,7 +315,7 @@ async def launch(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[Launch]:
         )
         store = await open_store(f"sqlite:///{tmp_path / db}")
         provider = provider or DemoProvider()
-        core = ImagineBot(store, provider, model=MODEL)
+        core = ImagineBot(store, provider, model=MODEL, team=team)
         adapter = SlackAdapter(core, settings)
         await core.start()
         await core.resume_unfinished()

@@ -122,6 +122,9 @@ def test_the_manifest_is_the_whole_slack_side_setup() -> None:
         *("- " + s for s in ("commands", "chat:write", "files:read", "files:write")),
         *("- " + s for s in ("app_mentions:read", "channels:history", "groups:history")),
         "- im:history",
+        *("command: " + c for c in ("/imagine-usage", "/imagine-admin")),
+        "- users:read",  # Slack's workspace admins and owners are imagine-bot admins
+        "- im:write",  # the DM that carries an admin's usage chart
         *("- " + e for e in ("app_mention", "message.channels", "message.groups", "message.im")),
         "interactivity:\n    is_enabled: true",
         "socket_mode_enabled: true",
