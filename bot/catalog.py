@@ -21,6 +21,7 @@ __all__ = [
     "ModelNotOffered",
     "ModelNotSold",
     "SizeNotSupported",
+    "choose",
     "model_info",
 ]
 
@@ -106,6 +107,24 @@ def model_info(model: str) -> ModelInfo:
     if known is not None:
         return known
     return ModelInfo(model, model, {"nexconn": model, "gmi": model, "gemini": model})
+
+
+def choose(
+    offered: tuple[str, ...], provider: str, model: str, size: str | None
+) -> tuple[str, str | None]:
+    """`model` and `size` as a job runs them, or the sentence refusing them: a model this
+    bot does not offer, one its provider(s) (`nexconn,gmi`) do not sell, a size the model
+    does not make. A model's only size is None."""
+    if model not in offered:
+        raise ModelNotOffered(model, offered)
+    info = model_info(model)
+    if not any(info.provider_id(name) for name in provider.split(",")):
+        raise ModelNotSold(model, provider)
+    if size is None or size == info.default_size:
+        return model, size if info.sizes else None
+    if size not in info.sizes:
+        raise SizeNotSupported(model, size)
+    return model, size
 
 
 class ModelNotOffered(ImagineError):

@@ -13,14 +13,12 @@ anything runs (durable before visible) and puts it in the shared queue; a worker
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from bot import metrics
-from bot.catalog import ModelNotOffered, ModelNotSold, SizeNotSupported, model_info
+from bot.catalog import choose
 from bot.errors import (
     Cancelled,
     ImageExpired,
@@ -47,6 +45,8 @@ from bot.policy import PolicyRefused, Requester
 from bot.progress import ProgressBoard
 from bot.providers.base import Provider
 from bot.queue import Limits
+from bot.requests import EditRequest, ImagineRequest
+from bot.retention import SWEEP_INTERVAL, Retention
 from bot.runner import JobRunner, history_note, safe_fail
 from bot.scheduler import StopReason, Worker
 from bot.sinks import Delivery, Phase, Progress, ReplySink, SinkFactory
@@ -71,43 +71,6 @@ DEFAULT_HISTORY_TURNS = 8
 EVENT_MEMORY = 24 * 3600
 """Seconds a platform event id is remembered for deduplication (Slack retries within
 minutes); older ones are dropped at start-up so the table does not grow forever."""
-RETENTION_SWEEP_INTERVAL = 3600.0
-"""Seconds between two retention sweeps (`IMAGINE_RETENTION_DAYS`)."""
-
-
-# --- what adapters send in -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ImagineRequest:
-    """Start a new thread. `key` names it on the platform; `destination` is adapter JSON."""
-
-    key: ThreadKey
-    user_id: str
-    prompt: str
-    aspect_ratio: str | None = None
-    references: tuple[Image, ...] = ()
-    destination: JSON = None
-    roles: frozenset[str] = frozenset()
-    """The requester's Discord role ids, for `IMAGINE_ALLOWED_ROLES`."""
-    model: str | None = None
-    """One of `IMAGINE_MODELS` (None: `IMAGINE_MODEL`); the thread keeps it."""
-    size: str | None = None
-    """`1K`, `2K` or `4K` for models that offer sizes (None: the model's default)."""
-
-
-@dataclass(frozen=True, slots=True)
-class EditRequest:
-    """Continue a thread: from `turn_id` (a reply to that image) or the latest of `thread_key`."""
-
-    user_id: str
-    instruction: str
-    turn_id: str | None = None
-    thread_key: ThreadKey | None = None
-    references: tuple[Image, ...] = ()
-    aspect_ratio: str | None = None
-    destination: JSON = None
-    roles: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +101,7 @@ class ImagineBot:
         lease: float = 30.0,
         poll: float = 1.0,
         retention_days: int = 0,
-        retention_interval: float = RETENTION_SWEEP_INTERVAL,
+        retention_interval: float = SWEEP_INTERVAL,
         team: TeamSettings | None = None,
         models: Sequence[str] = (),
     ) -> None:
@@ -165,9 +128,7 @@ class ImagineBot:
             retention_days=retention_days,
         )
         self.history_turns = history_turns
-        self.retention_days = retention_days
-        self.retention_interval = retention_interval
-        self._sweeper: asyncio.Task[None] | None = None
+        self.retention = Retention(store, retention_days, history_turns, retention_interval)
         self._sink_factories: dict[str, SinkFactory] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -184,8 +145,7 @@ class ImagineBot:
             log.info("forgot %d platform event id(s) older than a day", forgotten)
         await self.worker.start()
         self.board.start()
-        if self.retention_days > 0 and self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_forever(), name="retention-sweep")
+        self.retention.start()
 
     async def resume_unfinished(self) -> int:
         """Serve the shared queue for every registered platform (call once the adapters
@@ -195,45 +155,28 @@ class ImagineBot:
 
     async def shutdown(self, grace: float) -> list[str]:
         """Stop taking work; running jobs get `grace` s; the rest are handed over."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await self.retention.stop()
         left = await self.worker.drain(grace)
         await self.board.stop()
         if left:
             log.info("left %d unfinished job(s) to other processes or the next start", len(left))
         return left
 
+    @property
+    def retention_days(self) -> int:
+        """`IMAGINE_RETENTION_DAYS` (0: images are kept forever)."""
+        return self.retention.days
+
+    @retention_days.setter
+    def retention_days(self, days: int) -> None:
+        self.retention.days = days
+
     def retention_cutoff(self) -> float | None:
-        """Turns made before this (epoch seconds) lose their images; None: kept forever."""
-        return now() - self.retention_days * 86400 if self.retention_days > 0 else None
+        return self.retention.cutoff()
 
     async def purge_expired(self) -> PurgeResult:
-        """One retention sweep (`imagine-bot purge`, and hourly while running): the bytes
-        of images only turns older than `IMAGINE_RETENTION_DAYS` need are removed, by the rule
-        in `storage.retention`; the conversation's text stays."""
-        cutoff = self.retention_cutoff()
-        if cutoff is None:
-            return PurgeResult(0, 0)
-        result = await self.store.purge_images(before=cutoff, history_turns=self.history_turns)
-        if result.images:
-            log.info(
-                "retention: removed %d image(s), %d bytes, older than %d day(s)",
-                result.images,
-                result.bytes,
-                self.retention_days,
-            )
-        return result
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await self.purge_expired()
-            except Exception:
-                log.exception("retention sweep failed; trying again next time")
-            await asyncio.sleep(self.retention_interval)
+        """One retention sweep now (`IMAGINE_RETENTION_DAYS`; `bot.retention`)."""
+        return await self.retention.purge_expired()
 
     async def idle(self) -> None:
         """Wait until this process has no job running and none of its own waiting."""
@@ -433,19 +376,8 @@ class ImagineBot:
             raise
 
     def choose_model(self, model: str | None, size: str | None) -> tuple[str, str | None]:
-        """The model and size a new thread runs on, or the sentence refusing them: a model
-        this bot does not offer, one its provider does not sell, a size it does not make."""
-        chosen = model or self.model
-        if chosen not in self.models:
-            raise ModelNotOffered(chosen, self.models)
-        if not any(model_info(chosen).provider_id(n) for n in self.provider.name.split(",")):
-            raise ModelNotSold(chosen, self.provider.name)
-        info = model_info(chosen)
-        if size is None or size == info.default_size:
-            return chosen, size if info.sizes else None
-        if size not in info.sizes:
-            raise SizeNotSupported(chosen, size)
-        return chosen, size
+        """The model and size a new thread runs on (`bot.catalog.choose`)."""
+        return choose(self.models, self.provider.name, model or self.model, size)
 
     def _continued_model(self, model: str, size: str | None) -> tuple[str, str | None]:
         """A thread continues on its own model and size; one whose model this bot no longer

@@ -50,13 +50,20 @@ class TeamSettings:
     admin_users: frozenset[str] = frozenset()
 
 
+ADMINS_BY_PLATFORM = {
+    "discord": "members with Manage Server",
+    "slack": "workspace admins and owners",
+}
+
+
 class NotAdmin(ImagineError):
     code = "not_admin"
 
-    def __init__(self, *, detail: str | None = None) -> None:
+    def __init__(self, platform: str = "", *, detail: str | None = None) -> None:
+        who = ADMINS_BY_PLATFORM.get(platform)
+        also = f"{who} and the users the bot's operator named" if who else "the bot's admins"
         super().__init__(
-            "Only admins can see and change the bot's settings here "
-            "(Manage Server on Discord, or IMAGINE_ADMIN_USERS).",
+            f"Only admins can see and change the bot's settings here: {also}.",
             detail=detail,
         )
 
@@ -128,16 +135,50 @@ def apply_change(change: Change, stored: Overrides, env: Policy, at: float) -> O
     return stored.with_value(change.name, frozenset(items))
 
 
-def describe_change(change: Change) -> str:
-    """For the log and the admin's confirmation."""
+LABELS = {
+    "user_daily_limit": "the user daily limit",
+    "workspace_daily_limit": "the workspace daily limit",
+    "monthly_budget": "the monthly budget",
+}
+
+_MEMBER_WORDS = {
+    # list: (format key, when added, when removed)
+    "allowed_channels": ("channel", "allowed {x}", "removed {x} from the allowed channels"),
+    "allowed_roles": (
+        "role",
+        "allowed the role {x}",
+        "removed the role {x} from the allowed roles",
+    ),
+    "allowed_users": (
+        "user",
+        "let {x} use the bot in any channel",
+        "removed {x} from the always-allowed users",
+    ),
+    "blocked_users": ("user", "blocked {x}", "unblocked {x}"),
+}
+
+
+def describe_change(
+    change: Change, *, user: str = "{id}", channel: str = "{id}", role: str = "{id}"
+) -> str:
+    """What a change did, past tense, for the log and the admin's confirmation; the
+    format strings turn ids into the platform's mentions."""
     if isinstance(change, GiveDayBack):
-        return f"gave {change.user} their day back"
+        return f"gave {user.format(id=change.user)} their day back"
     if isinstance(change, SetNumber):
-        shown = "the environment's value" if change.value is None else f"{change.value:g}"
-        return f"set {change.name} to {shown}"
-    if change.present:
-        return f"added {change.item} to {change.name}"
-    return f"removed {change.item} from {change.name}"
+        label = LABELS.get(change.name, change.name)
+        if change.value is None:
+            return f"made {label} follow the environment again"
+        if not change.value:
+            return f"removed {label}"
+        if change.name == "monthly_budget":
+            return f"set {label} to {money(change.value)}"
+        return f"set {label} to {plural(int(change.value), 'image')}"
+    key, added, removed = _MEMBER_WORDS.get(
+        change.name, ("user", f"added {{x}} to {change.name}", f"removed {{x}} from {change.name}")
+    )
+    mention = {"user": user, "channel": channel, "role": role}[key].format(id=change.item)
+    return (added if change.present else removed).format(x=mention)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +198,10 @@ def render_settings(
     channel: str = "{id}",
     role: str = "{id}",
     user: str = "{id}",
+    roles: bool = True,
 ) -> list[str]:
-    """Plain lines for chat; the format strings turn ids into the platform's mentions."""
+    """Plain lines for chat; the format strings turn ids into the platform's mentions.
+    `roles` False leaves out the role allow-list (Discord's; other platforms have none)."""
     p = view.policy
 
     def src(name: str) -> str:
@@ -181,7 +224,11 @@ def render_settings(
         f"• Monthly budget: {money(p.monthly_budget) if p.monthly_budget else 'no limit'} "
         f"({src('monthly_budget')})",
         f"• Channels: {ids(p.allowed_channels, channel, 'all')} ({src('allowed_channels')})",
-        f"• Roles: {ids(p.allowed_roles, role, 'everyone')} ({src('allowed_roles')})",
+        *(
+            [f"• Roles: {ids(p.allowed_roles, role, 'everyone')} ({src('allowed_roles')})"]
+            if roles
+            else []
+        ),
         f"• Always allowed: {ids(p.allowed_users, user, 'nobody')} ({src('allowed_users')})",
         f"• Blocked: {ids(p.blocked_users, user, 'nobody')} ({src('blocked_users')})",
     ]
@@ -310,4 +357,4 @@ class TeamControl:
 
     def _require_admin(self, who: Requester) -> None:
         if not self.is_admin(who):
-            raise NotAdmin(detail=f"{who.platform}/{who.workspace} user {who.user}")
+            raise NotAdmin(who.platform, detail=f"{who.platform}/{who.workspace} user {who.user}")

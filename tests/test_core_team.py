@@ -152,12 +152,16 @@ async def test_admins_change_the_rules_at_run_time_and_others_cannot(
 ) -> None:
     with pytest.raises(NotAdmin):
         await core.team.change(where("alice"), SetNumber("user_daily_limit", 100))
-    with pytest.raises(NotAdmin):
+    with pytest.raises(NotAdmin) as refused:
         await core.team.view(where("alice"))
+    assert refused.value.user_message == (
+        "Only admins can see and change the bot's settings here: members with Manage Server "
+        "and the users the bot's operator named."
+    )
     boss = where("boss")
     with caplog.at_level(logging.INFO, logger="bot.team"):
         view = await core.team.change(boss, SetNumber("user_daily_limit", 1))
-    assert "admin boss on discord/guild set user_daily_limit to 1" in caplog.text
+    assert "admin boss on discord/guild set the user daily limit to 1 image" in caplog.text
     assert view.policy.user_daily_limit == 1 and view.sources["user_daily_limit"] == "admin"
     sink = CollectingSink()
     await core.imagine(ImagineRequest(key(), "alice", "a fox"), sink)

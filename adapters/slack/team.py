@@ -141,8 +141,7 @@ class SlackAdmins:
 
 def slack_settings(view: SettingsView) -> list[str]:
     """The settings in force with Slack mentions. Roles are Discord's: not shown here."""
-    lines = render_settings(view, bold="*", channel=CHANNEL, role="{id}", user=USER)
-    return [line for line in lines if not line.startswith("• Roles:")]
+    return render_settings(view, bold="*", channel=CHANNEL, user=USER, roles=False)
 
 
 def _number_text(name: str, value: float) -> str:
@@ -308,7 +307,8 @@ def changes_from(view: Mapping[str, Any]) -> list[Change]:
 def confirmation(done: list[Change], view: SettingsView | None, error: Exception | None) -> str:
     """What the admin reads after Save: what changed, and the settings now in force."""
     if done:
-        lines = [":white_check_mark: *Saved.* You " + "; ".join(map(describe_change, done)) + "."]
+        said = [describe_change(change, user=USER, channel=CHANNEL) for change in done]
+        lines = [":white_check_mark: *Saved.* You " + "; ".join(said) + "."]
     else:
         lines = ["Nothing changed."]
     if error is not None:

@@ -262,7 +262,7 @@ async def test_without_users_read_nobody_is_a_slack_admin_and_the_log_says_so_on
         await bot.command("", command="/imagine-admin", user="U8")
         (second,) = await slack.wait_for(lambda: slack.responses)
     assert "*This workspace*" not in first
-    assert second["text"] == f":warning: {NotAdmin().user_message}"
+    assert second["text"] == f":warning: {NotAdmin('slack').user_message}"
     assert len(slack.api("users.info")) == 2
     (warning,) = [r.getMessage() for r in caplog.records if "users.info" in r.getMessage()]
     assert "users:read" in warning and "IMAGINE_ADMIN_USERS" in warning
@@ -315,7 +315,7 @@ async def test_admin_for_a_member_is_refused_privately(slack: FakeSlack, launch:
     status, body = await bot.command("", command="/imagine-admin", user="U1")
     assert status == 200 and body == ""
     (answer,) = await slack.wait_for(lambda: slack.responses)
-    assert answer["text"] == f":warning: {NotAdmin().user_message}"
+    assert answer["text"] == f":warning: {NotAdmin('slack').user_message}"
     assert answer["response_type"] == "ephemeral"
     assert slack.api("views.open") == []
 
@@ -338,7 +338,7 @@ async def test_admin_modal_sets_a_limit_and_blocks_a_user_and_the_next_imagine_o
     assert confirmed.params["user"] == "U9" and confirmed.params["channel"] == "C1"
     text = confirmed.params["text"]
     assert text.startswith(
-        ":white_check_mark: *Saved.* You set user_daily_limit to 1; added U2 to blocked_users."
+        ":white_check_mark: *Saved.* You set the user daily limit to 1 image; blocked <@U2>."
     )
     assert "• User daily limit: 1 image (set here)" in text
     assert "• Blocked: <@U2> (set here)" in text
@@ -368,7 +368,7 @@ async def test_admin_modal_sets_a_limit_and_blocks_a_user_and_the_next_imagine_o
     assert await bot.interactive(cleared) == (200, "")
     done = (await ephemeral(slack, 2)).params["text"]
     assert done.startswith(
-        ":white_check_mark: *Saved.* You removed U2 from blocked_users; gave U1 their day back."
+        ":white_check_mark: *Saved.* You unblocked <@U2>; gave <@U1> their day back."
     )
     await imagine(bot, "a sketch after the day back")
     assert calls(bot) == 2
