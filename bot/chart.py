@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
@@ -22,9 +22,25 @@ AXIS = (120, 120, 120)
 TEXT = (40, 40, 40)
 
 
+def _whole_month(per_day: Sequence[tuple[date, int]]) -> list[tuple[date, int | None]]:
+    """The month's days so far, then its days still to come (None: drawn empty), so bars
+    keep one width all month."""
+    days: list[tuple[date, int | None]] = list(per_day)
+    if not days:
+        return days
+    last = days[-1][0]
+    following = last + timedelta(days=1)
+    while following.month == last.month:
+        days.append((following, None))
+        following += timedelta(days=1)
+    return days
+
+
 def draw_usage_chart(per_day: Sequence[tuple[date, int]], title: str) -> bytes:
-    """PNG bytes: one bar per day (the last one, today, in another colour), the largest
-    count on the axis, and every fifth day labelled."""
+    """PNG bytes: one bar per day of the month, today's (the last given) in another
+    colour, days to come empty, the largest count on the axis, every fifth day labelled."""
+    today = len(per_day) - 1
+    month = _whole_month(per_day)
     image = PILImage.new("RGB", (WIDTH, HEIGHT), BACKGROUND)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
@@ -32,17 +48,17 @@ def draw_usage_chart(per_day: Sequence[tuple[date, int]], title: str) -> bytes:
     left, top = MARGIN_LEFT, MARGIN_TOP
     right, bottom = WIDTH - MARGIN_RIGHT, HEIGHT - MARGIN_BOTTOM
     draw.line([(left, top), (left, bottom), (right, bottom)], fill=AXIS)
-    peak = max((count for _, count in per_day), default=0)
+    peak = max((count or 0 for _, count in month), default=0)
     draw.text((4, top - 4), str(peak), fill=TEXT, font=font)
     draw.text((4, bottom - 10), "0", fill=TEXT, font=font)
-    if per_day:
-        slot = (right - left) / len(per_day)
-        for index, (day, count) in enumerate(per_day):
+    if month:
+        slot = (right - left) / len(month)
+        for index, (day, count) in enumerate(month):
             x0 = left + index * slot + max(1.0, slot * 0.15)
             x1 = left + (index + 1) * slot - max(1.0, slot * 0.15)
             if count and peak:
                 y0 = bottom - (bottom - top) * count / peak
-                colour = TODAY if index == len(per_day) - 1 else BAR
+                colour = TODAY if index == today else BAR
                 draw.rectangle([x0, y0, x1, bottom - 1], fill=colour)
             if day.day == 1 or day.day % 5 == 0:
                 draw.text((x0, bottom + 6), str(day.day), fill=TEXT, font=font)
