@@ -187,9 +187,16 @@ def role_ids(user: discord.User | discord.Member, guild_id: int | None) -> froze
     allowed role must never be missed."""
     if not isinstance(user, discord.Member) or not guild_id:
         return frozenset()
-    cached = {role.id for role in user.roles}
+    cached = {role.id for role in user.roles} if _in_cached_guild(user) else set()
     raw = {int(role_id) for role_id in getattr(user, "_roles", ())}
     return frozenset(str(role_id) for role_id in cached | raw | {guild_id})
+
+
+def _in_cached_guild(member: discord.Member) -> bool:
+    """A message from a server this process does not hold (another shard's, or one not
+    loaded yet) has a Member whose `guild` is None: its roles and permissions can't be
+    computed from the cache (discord.py raises)."""
+    return isinstance(getattr(member, "guild", None), discord.Guild)
 
 
 def _manages(permissions: discord.Permissions) -> bool:
@@ -215,7 +222,11 @@ def message_requester(message: discord.Message) -> Requester:
     """Who wrote a message (a reply that edits an image), and where."""
     guild_id = message.guild.id if message.guild else getattr(message.channel, "guild_id", None)
     author = message.author
-    admin = isinstance(author, discord.Member) and _manages(author.guild_permissions)
+    admin = (
+        isinstance(author, discord.Member)
+        and _in_cached_guild(author)
+        and _manages(author.guild_permissions)
+    )
     return Requester(
         platform=PLATFORM,
         workspace=workspace_of(guild_id),

@@ -18,12 +18,18 @@ import discord
 from discord import app_commands
 
 from bot.chart import usage_chart
-from bot.errors import plural
-from bot.policy import money
-from bot.team import Change, GiveDayBack, NotAdmin, SetMember, SetNumber, render_settings
+from bot.team import (
+    Change,
+    GiveDayBack,
+    NotAdmin,
+    SetMember,
+    SetNumber,
+    describe_change,
+    render_settings,
+)
 from bot.usage import UsageReport, render_usage
 
-from .convert import MESSAGE_LIMIT, clip, interaction_requester
+from .convert import MESSAGE_LIMIT, PLATFORM, clip, interaction_requester
 from .respond import acked, report
 from .runtime import Runtime
 
@@ -43,23 +49,8 @@ LIMIT_CHOICES: Final = [
     app_commands.Choice(name=label, value=name) for name, label in NUMBER_LABELS.items()
 ]
 
-MENTIONS: Final = {"channel": "<#{id}>", "role": "<@&{id}>", "user": "<@{id}>"}
-LIST_MENTIONS: Final = {
-    "allowed_channels": MENTIONS["channel"],
-    "allowed_roles": MENTIONS["role"],
-    "allowed_users": MENTIONS["user"],
-    "blocked_users": MENTIONS["user"],
-}
-LIST_SENTENCES: Final = {
-    ("allowed_channels", True): "{item} is on the channel allow-list.",
-    ("allowed_channels", False): "{item} is off the channel allow-list.",
-    ("allowed_roles", True): "{item} is on the role allow-list.",
-    ("allowed_roles", False): "{item} is off the role allow-list.",
-    ("allowed_users", True): "{item} may now make images in any channel, whatever their roles.",
-    ("allowed_users", False): "{item} follows the channel and role allow-lists again.",
-    ("blocked_users", True): "{item} is blocked: I won't make images for them.",
-    ("blocked_users", False): "{item} is no longer blocked.",
-}
+CHANNEL, ROLE, USER = "<#{id}>", "<@&{id}>", "<@{id}>"
+MENTIONS: Final = {"channel": CHANNEL, "role": ROLE, "user": USER}
 USER_ACTIONS: Final = {
     "block": ("blocked_users", True),
     "unblock": ("blocked_users", False),
@@ -110,20 +101,8 @@ def chart_title(report: UsageReport) -> str:
 
 
 def change_sentence(change: Change) -> str:
-    """What an admin's change did, with Discord mentions (the log has `describe_change`)."""
-    if isinstance(change, GiveDayBack):
-        return f"<@{change.user}> has their day back: their daily count starts again now."
-    if isinstance(change, SetNumber):
-        label = NUMBER_LABELS.get(change.name, change.name)
-        if change.value is None:
-            return f"{label}: back to the environment's value."
-        if not change.value:
-            return f"{label}: no limit."
-        if change.name == "monthly_budget":
-            return f"{label}: {money(change.value)}."
-        return f"{label}: {plural(int(change.value), 'image')}."
-    item = LIST_MENTIONS[change.name].format(id=change.item)
-    return LIST_SENTENCES[(change.name, change.present)].format(item=item)
+    """What an admin's change did, with Discord mentions."""
+    return f"You {describe_change(change, **MENTIONS)}."
 
 
 def settings_text(lines: list[str], done: str | None = None) -> str:
@@ -165,7 +144,7 @@ async def _as_admin(
     if not team.is_admin(who):
         log.info("user %s is not an admin of %s", who.user, who.workspace)
         await interaction.response.send_message(
-            NotAdmin().user_message, ephemeral=True, allowed_mentions=QUIET
+            NotAdmin(PLATFORM).user_message, ephemeral=True, allowed_mentions=QUIET
         )
         acked(interaction)
         return
@@ -173,7 +152,7 @@ async def _as_admin(
     acked(interaction)
     try:
         view = await (team.view(who) if change is None else team.change(who, change))
-        lines = render_settings(view, bold="**", **MENTIONS)
+        lines = render_settings(view, bold="**", channel=CHANNEL, role=ROLE, user=USER, roles=True)
         done = None if change is None else change_sentence(change)
         await interaction.edit_original_response(
             content=settings_text(lines, done), allowed_mentions=QUIET

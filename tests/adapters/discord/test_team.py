@@ -17,7 +17,6 @@ from PIL import Image as PILImage
 from adapters.discord.team import CHART_FILENAME
 from bot.policy import Overrides, Scope
 from bot.providers.nexconn import NexconnProvider
-from bot.team import NotAdmin
 from tests.fakes.discord_server import (
     MANAGE_GUILD,
     MEMBER_PERMISSIONS,
@@ -46,6 +45,10 @@ IN = r"in (\d+ h( \d+ min)?|\d+ min)"
 BLOCKED = "You can't make images with this bot. Ask an admin if you think that's a mistake."
 CHANNEL = "I don't make images in this channel. Ask an admin which channels I serve."
 ROLE = "Making images here needs a role this server allows. Ask an admin for access."
+NOT_ADMIN = (
+    "Only admins can see and change the bot's settings here: members with Manage Server "
+    "and the users the bot's operator named."
+)
 USER_DAILY = rf"You've made 1 of your 1 image today; more at 00:00 UTC, {IN}\."
 SERVER_DAILY = rf"This server has made 1 of its 1 image today; more at 00:00 UTC, {IN}\."
 
@@ -390,7 +393,7 @@ async def test_an_admin_sets_a_limit_that_the_next_imagine_obeys_and_gives_a_day
     )
     lines = content(shown).split("\n")
     assert lines[:3] == [
-        "✅ User daily limit: 1 image.",
+        "✅ You set the user daily limit to 1 image.",
         "",
         "**Settings in force** (days begin at midnight UTC; $0.04 per image):",
     ]
@@ -403,9 +406,7 @@ async def test_an_admin_sets_a_limit_that_the_next_imagine_obeys_and_gives_a_day
         fake,
         admin(fake, carol, "giveback", ("user", 6, str(alice.id)), resolved=resolved_user(alice)),
     )
-    assert content(given).startswith(
-        f"✅ <@{alice.id}> has their day back: their daily count starts again now.\n"
-    )
+    assert content(given).startswith(f"✅ You gave <@{alice.id}> their day back.\n")
     _, delivered = await imagine(fake, alice, "a lighthouse at dawn")
     assert delivered.files and len(nexconn.requests) == 2
 
@@ -428,7 +429,7 @@ async def test_an_admin_allows_a_channel_and_the_bot_serves_only_there(
         ),
     )
     text = content(shown)
-    assert text.startswith(f"✅ <#{art}> is on the channel allow-list.\n")
+    assert text.startswith(f"✅ You allowed <#{art}>.\n")
     assert f"• Channels: <#{art}> (set here)" in text.split("\n")
 
     assert await refused_imagine(fake, nexconn, alice) == CHANNEL
@@ -453,7 +454,7 @@ async def test_an_admin_allows_a_role_and_blocks_a_user(
             resolved={"roles": {str(artists): role}},
         ),
     )
-    assert content(shown).startswith(f"✅ <@&{artists}> is on the role allow-list.\n")
+    assert content(shown).startswith(f"✅ You allowed the role <@&{artists}>.\n")
     assert f"• Roles: <@&{artists}> (set here)" in content(shown).split("\n")
     assert await refused_imagine(fake, nexconn, alice) == ROLE
 
@@ -468,7 +469,7 @@ async def test_an_admin_allows_a_role_and_blocks_a_user(
             resolved=resolved_user(bob),
         ),
     )
-    assert content(shown).startswith(f"✅ <@{bob.id}> is blocked: I won't make images for them.\n")
+    assert content(shown).startswith(f"✅ You blocked <@{bob.id}>.\n")
     assert await refused_imagine(fake, nexconn, bob, roles=[artists]) == BLOCKED
     _, delivered = await imagine(fake, alice, "a mural", roles=[artists])
     assert delivered.files
@@ -489,7 +490,7 @@ async def test_a_non_admin_is_refused_privately_and_nothing_changes(
             permissions=MEMBER_PERMISSIONS,
         ),
     ):
-        assert refusal(await answer(fake, payload)) == NotAdmin().user_message
+        assert refusal(await answer(fake, payload)) == NOT_ADMIN
     assert await bot.store.get_overrides(Scope("discord", str(fake.guild_id))) == Overrides()
 
     # IMAGINE_ADMIN_USERS is an admin without Manage Server
