@@ -1,4 +1,4 @@
-"""Google's Gemini API (`generateContent`) for Gemini 2.5 Flash Image, as a `Provider`.
+"""Google's Gemini API (`generateContent`) for the Gemini image models, as a `Provider`.
 
 What Google's documentation says, and what we do with it:
 
@@ -29,6 +29,24 @@ history. When the conversation continues, the marker is swapped back for the res
 base64 and the parts — text, images, signatures and all — go back as the `model` turn. A
 turn made by another provider has no such parts; it is sent as its text plus its result
 image.
+
+What an edit sends, so its size does not grow with the thread's depth: the image being
+edited (the latest turn's result, with that turn's other parts) and the new reference
+images go inline as before; every other image of the history — earlier results, images an
+earlier answer's state kept whole, reference images of earlier turns — goes up once through
+Google's Files API (`bot.providers.files`, the SDK's resumable upload) and is named by a
+`fileData: {mimeType, fileUri}` part in its place, on the same part, so its
+`thoughtSignature` and `thought` flag are echoed exactly as before. Uploads are remembered in
+memory per API key and base URL by sha256, made concurrently, and done again when Google
+has expired the file (48 h): before use when its `expirationTime` is within the hour, and
+after the fact when Google answers 403 PERMISSION_DENIED / 404 NOT_FOUND (or a 400 about a
+file) to a request that named files — those are uploaded again and the request is sent once
+more. Images under 32 KB stay inline. If the Files API refuses an upload (a gateway without
+it), that image goes inline.
+
+The model is the provider's id from `bot.catalog`; a chosen size goes in
+`generationConfig.imageConfig.imageSize` (`1K`, `2K`, `4K`; google-genai's
+`ImageConfig.image_size`), left out when none is chosen.
 
 Finish and block reasons (every member of the google-genai SDK's `FinishReason` and
 `BlockedReason`, 3.6.1):
@@ -61,13 +79,16 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 
+from bot.catalog import ModelNotSold, model_info
 from bot.errors import (
     BadApiKey,
     ImagineError,
@@ -82,7 +103,9 @@ from bot.errors import (
     SafetyBlocked,
 )
 from bot.models import HistoryTurn, Image, ImageRequest, ImageResult, Usage
+from bot.providers import offload
 from bot.providers.base import Capabilities, ProviderCall
+from bot.providers.files import FileCache, GeminiFiles, Uploaded, scope_of
 from bot.providers.http import (
     MAX_RESPONSE_BYTES,
     RetryPolicy,
@@ -92,6 +115,7 @@ from bot.providers.http import (
     make_client,
     request_json,
     retry_after_seconds,
+    sniff_mime,
 )
 
 log = logging.getLogger(__name__)
@@ -171,6 +195,15 @@ BLOCK_REASONS: Final = frozenset(REFUSAL_BLOCK_REASONS) | SAFETY_BLOCK_REASONS
 """Every `BlockedReason` of the google-genai SDK (3.6.1)."""
 
 STATE_VERSION: Final = 1
+
+UPLOAD_MIN_BYTES: Final = 32 * 1024
+"""History images from this size on go up through the Files API; smaller ones stay inline
+(their bytes cost less than an upload's round trip)."""
+
+SHARED_FILES: Final = FileCache()
+"""Uploads remembered by every GeminiProvider of this process, per API key and base URL."""
+
+NO_IMAGES: Final[Mapping[str, Image]] = MappingProxyType({})
 
 _INLINE_KEYS: Final = ("inlineData", "inline_data")
 _MIME_KEYS: Final = ("mimeType", "mime_type")
@@ -307,10 +340,24 @@ def _mime_of(inline: dict[str, Any]) -> str | None:
     return next((str(inline[key]) for key in _MIME_KEYS if key in inline), None)
 
 
-async def _user_content(text: str, references: tuple[Image, ...]) -> dict[str, Any]:
+Files = Mapping[str, Uploaded]
+"""sha256 → the file Google holds for that image; an image not in it goes inline."""
+
+NO_FILES: Final[Files] = MappingProxyType({})
+
+
+async def _image_part(image: Image, files: Files) -> dict[str, Any]:
+    uploaded = files.get(image.sha256)
+    if uploaded is not None:
+        return uploaded.part()
+    return {"inline_data": {"mime_type": image.mime, "data": await b64encode(image)}}
+
+
+async def _user_content(
+    text: str, references: tuple[Image, ...], files: Files = NO_FILES
+) -> dict[str, Any]:
     parts: list[dict[str, Any]] = [{"text": text}]
-    for image in references:
-        parts.append({"inline_data": {"mime_type": image.mime, "data": await b64encode(image)}})
+    parts.extend([await _image_part(image, files) for image in references])
     return {"role": "user", "parts": parts}
 
 
@@ -325,13 +372,22 @@ def _stored_parts(turn: HistoryTurn) -> list[dict[str, Any]] | None:
     return parts
 
 
-async def _model_content(turn: HistoryTurn) -> dict[str, Any]:
-    """An earlier answer as a `model` turn: the stored parts with the image put back."""
-    result_data = await b64encode(turn.result)
+def _swap_image(part: dict[str, Any], key: str, image: dict[str, Any]) -> dict[str, Any]:
+    """`part` with its image field replaced by `image` (an `inline_data` or `fileData`
+    part's one field), every other key — `thoughtSignature`, `thought` — kept as it was."""
+    [(new_key, value)] = image.items()
+    return {(new_key if k == key else k): (value if k == key else v) for k, v in part.items()}
+
+
+async def _model_content(
+    turn: HistoryTurn, files: Files = NO_FILES, decoded: Mapping[str, Image] = NO_IMAGES
+) -> dict[str, Any]:
+    """An earlier answer as a `model` turn: the stored parts with the image put back, by
+    `fileData` when it was uploaded, inline otherwise."""
     stored = _stored_parts(turn)
     if stored is None:
         parts: list[dict[str, Any]] = [{"text": turn.text}] if turn.text.strip() else []
-        parts.append({"inline_data": {"mime_type": turn.result.mime, "data": result_data}})
+        parts.append(await _image_part(turn.result, files))
         return {"role": "model", "parts": parts}
     parts = []
     has_image = False
@@ -341,19 +397,72 @@ async def _model_content(turn: HistoryTurn) -> dict[str, Any]:
             parts.append(part)  # text, thoughts, signatures: exactly as received
             continue
         inline = dict(part[key])
-        if "data" in inline:  # an image other than the result, kept in the state itself
-            parts.append(part)
+        data = inline.get("data")
+        if data is not None:  # an image other than the result, kept in the state itself
+            kept = decoded.get(data) if isinstance(data, str) else None
+            uploaded = files.get(kept.sha256) if kept is not None else None
+            parts.append(part if uploaded is None else _swap_image(part, key, uploaded.part()))
             continue
         if inline.pop("sha256", None) != turn.result.sha256:
             # An unsigned thought image: neither the store nor the state keeps it.
             log.debug("dropping an unsigned thought image of an earlier Gemini answer")
             continue
-        inline["data"] = result_data
-        parts.append({**part, key: inline})
+        uploaded = files.get(turn.result.sha256)
+        if uploaded is not None:
+            parts.append(_swap_image(part, key, uploaded.part()))
+        else:
+            inline["data"] = await b64encode(turn.result)
+            parts.append({**part, key: inline})
         has_image = True
     if not has_image:
-        parts.append({"inline_data": {"mime_type": turn.result.mime, "data": result_data}})
+        parts.append(await _image_part(turn.result, files))
     return {"role": "model", "parts": parts}
+
+
+async def _stored_image(inline: dict[str, Any]) -> Image | None:
+    """An image kept whole in a turn's state (base64 `data`), decoded off the loop."""
+    data = inline.get("data")
+    if not isinstance(data, str):
+        return None
+    run = offload.decode_base64
+    ok, value = run(data) if len(data) < offload.LARGE else await offload.run(run, data)
+    if not ok:
+        return None
+    raw, sha256 = value
+    mime = _mime_of(inline) or sniff_mime(raw[:64])
+    return Image(data=raw, mime=mime, sha256=sha256) if mime else None
+
+
+async def history_images(
+    history: tuple[HistoryTurn, ...], min_bytes: int
+) -> tuple[list[Image], dict[str, Image]]:
+    """The images of a history worth uploading, and the state-kept ones by their base64.
+
+    Every image of the history except the latest answer's (the image being edited, which
+    goes inline as it is): each turn's reference images, each earlier turn's result and the
+    images its state kept whole. Images under `min_bytes` stay inline: an upload's round
+    trip costs more than their bytes.
+    """
+    found: dict[str, Image] = {}
+    decoded: dict[str, Image] = {}
+    for index, turn in enumerate(history):
+        for reference in turn.references:
+            found.setdefault(reference.sha256, reference)
+        if index == len(history) - 1:
+            continue
+        found.setdefault(turn.result.sha256, turn.result)
+        for part in _stored_parts(turn) or ():
+            key = _inline_key(part)
+            if key is None:
+                continue
+            data = part[key].get("data")
+            if not isinstance(data, str) or len(data) * 3 // 4 < min_bytes or data in decoded:
+                continue
+            image = await _stored_image(part[key])
+            if image is not None:
+                decoded[data] = image
+                found.setdefault(image.sha256, image)
+    return [image for image in found.values() if image.size >= min_bytes], decoded
 
 
 async def read_answer(body: Any) -> Answer:
@@ -414,8 +523,49 @@ async def read_answer(body: Any) -> Answer:
     return Answer(images=tuple(images), text=text, stored_parts=tuple(stored), finish_reason=finish)
 
 
+class _FileGone(ImagineError):
+    """Google no longer has a file the request named: upload again and retry once."""
+
+    def __init__(self, error: ImagineError) -> None:
+        super().__init__(error.user_message, detail=error.detail)
+        self.error = error
+
+
+_FILE_GONE_WORDS: Final = re.compile(
+    r"file.*(not exist|not found|expired|no longer|inactive|not active)", re.I
+)
+
+
+def file_gone(response: httpx.Response, body: Any) -> bool:
+    """Whether an error answer to a request naming files means one of them is gone.
+
+    Google answers 403 PERMISSION_DENIED ("…access the File … or it may not exist") for a
+    file that expired or belongs to another project, 404 NOT_FOUND for a deleted one.
+    """
+    err = body.get("error") if isinstance(body, dict) else None
+    google_status = str(err.get("status", "")) if isinstance(err, dict) else ""
+    if response.status_code in (403, 404) or google_status in ("NOT_FOUND", "PERMISSION_DENIED"):
+        return True
+    return response.status_code == 400 and bool(_FILE_GONE_WORDS.search(error_message(body)))
+
+
+def _map_error_naming_files(response: httpx.Response, body: Any) -> ImagineError:
+    error = map_error(response, body)
+    return _FileGone(error) if file_gone(response, body) else error
+
+
+def generation_config(request: ImageRequest) -> dict[str, Any]:
+    """`generationConfig`: an image, its ratio, and its size when one was chosen
+    (`imageConfig.imageSize`, as google-genai's `ImageConfig.image_size`)."""
+    image_config: dict[str, Any] = {"aspectRatio": request.aspect_ratio}
+    if request.size is not None:
+        image_config["imageSize"] = request.size
+    return {"responseModalities": ["TEXT", "IMAGE"], "imageConfig": image_config}
+
+
 class GeminiProvider:
-    """Gemini 2.5 Flash Image through Google's own API: synchronous, base64 in and out."""
+    """Gemini image models through Google's own API: synchronous; history images by
+    `fileData` (the Files API), the image being edited and new references inline."""
 
     name = "gemini"
     capabilities = Capabilities(max_reference_images=3)
@@ -430,38 +580,106 @@ class GeminiProvider:
         timeout: float = 120.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        files: FileCache | None = None,
+        upload_min_bytes: int = UPLOAD_MIN_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = policy
         self._limit = max_response_bytes
         self._sleep = sleep
+        self._upload_min = upload_min_bytes
         self._client = make_client(
             base_url, {"x-goog-api-key": api_key}, timeout=timeout, transport=transport
         )
+        self._later: set[asyncio.Task[None]] = set()
+        self._files = GeminiFiles(
+            self._client,
+            scope_of(api_key, base_url),
+            cache=files if files is not None else SHARED_FILES,
+            map_error=map_error,
+            policy=policy,
+            sleep=sleep,
+            clock=clock,
+        )
 
     async def aclose(self) -> None:
+        for task in self._later:
+            task.cancel()
+        await asyncio.gather(*self._later, return_exceptions=True)
+        await self._files.aclose()
         await self._client.aclose()
 
+    async def idle(self) -> None:
+        """Wait for the uploads started ahead of the next edit (tests, benchmarks)."""
+        while self._later:
+            await asyncio.gather(*self._later, return_exceptions=True)
+
     async def generate(self, request: ImageRequest, call: ProviderCall = NO_HOOKS) -> ImageResult:
+        result = await self._generate_with_files(request)
+        if request.history:
+            self._upload_ahead((request.history[-1].result, *request.references))
+        return result
+
+    def _upload_ahead(self, images: tuple[Image, ...]) -> None:
+        """Upload, once this edit is answered, the images that go inline in it (the edited
+        one, new references): the next edit names them by file, so its request does not
+        wait for their upload. A failure here costs nothing: the next edit tries again."""
+        for image in images:
+            if image.size < self._upload_min:
+                continue
+            task = asyncio.ensure_future(self._quietly(image))
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+
+    async def _quietly(self, image: Image) -> None:
+        try:
+            await self._files.ensure(image)
+        except ImagineError as exc:
+            log.info("uploading an image ahead of the next edit failed: %s", exc.detail)
+
+    async def _generate_with_files(self, request: ImageRequest) -> ImageResult:
+        model = model_info(request.model).provider_id(self.name)
+        if model is None:
+            raise ModelNotSold(request.model, self.name)
+        older, decoded = await history_images(request.history, self._upload_min)
+        files = await self._upload(older)
+        try:
+            return await self._generate(request, model, files, decoded, named_once=False)
+        except _FileGone as gone:
+            log.info("Gemini no longer has a file we named (%s); uploading again", gone.detail)
+            for sha256 in files:
+                self._files.forget(sha256)
+            files = await self._upload(older)
+            return await self._generate(request, model, files, decoded, named_once=True)
+
+    async def _upload(self, images: list[Image]) -> dict[str, Uploaded]:
+        """Every image's file, uploading the ones not remembered, all at once."""
+        found = await asyncio.gather(*(self._files.ensure(image) for image in images))
+        return {image.sha256: up for image, up in zip(images, found, strict=True) if up}
+
+    async def _generate(
+        self,
+        request: ImageRequest,
+        model: str,
+        files: Files,
+        decoded: Mapping[str, Image],
+        *,
+        named_once: bool,
+    ) -> ImageResult:
         contents: list[dict[str, Any]] = []
         for turn in request.history:
-            contents.append(await _user_content(turn.prompt, turn.references))
-            contents.append(await _model_content(turn))
+            contents.append(await _user_content(turn.prompt, turn.references, files))
+            contents.append(await _model_content(turn, files, decoded))
         contents.append(await _user_content(request.prompt, request.references))
-        body = {
-            "contents": contents,
-            "generationConfig": {
-                "responseModalities": ["TEXT", "IMAGE"],
-                "imageConfig": {"aspectRatio": request.aspect_ratio},
-            },
-        }
-        model = quote(request.model.removeprefix("models/"), safe="")
+        body = {"contents": contents, "generationConfig": generation_config(request)}
+        path = f"/v1beta/models/{quote(model.removeprefix('models/'), safe='')}:generateContent"
         answer_body = await request_json(
             self._client,
             "POST",
-            f"/v1beta/models/{model}:generateContent",
+            path,
             json_body=body,
             policy=self._policy,
-            map_error=map_error,
+            map_error=map_error if named_once or not files else _map_error_naming_files,
             limit=self._limit,
             sleep=self._sleep,
         )

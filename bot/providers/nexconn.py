@@ -6,6 +6,13 @@ What the Nexconn documentation says, and what we do with it:
   header. The documentation shows `Authorization: <api-key>`; the vendor it resells expects
   `Authorization: Bearer <api-key>`. We send `Bearer` and make the scheme a setting
   (`auth_scheme=""` sends the bare key).
+- **Models**: `model` is the provider's id from `bot.catalog` (Gemini 3 Pro Image is
+  `gemini-3.0-pro-image-preview` here, `gemini-3-pro-image-preview` at Google).
+- **Size**: when a size is chosen (`1K`, `2K`, `4K`), `image_config` also carries
+  `image_size` (`{aspect_ratio, image_size}`) on every endpoint. The field is *unconfirmed*:
+  Nexconn's schema list names a `Gemini30ProImageConfig` without documenting it; we send
+  Google's `imageSize` in the snake case the rest of `image_config` uses. No size chosen: no
+  `image_size` field.
 - **Text to image**: `POST /v1/images/generations` with JSON
   `{model, prompt, n, image_config: {aspect_ratio}}`. The answer is
   `{created, data: [{b64_json}], output_format: "png", usage: {input_tokens, output_tokens,
@@ -24,12 +31,29 @@ What the Nexconn documentation says, and what we do with it:
 
 Why chat is the default for edits: the server keeps no state, so a conversation is only as
 good as what each request carries. The chat endpoint takes the whole history — every
-earlier instruction with the image it produced (sent again as data URLs) — so after "now in
-watercolor" and then "make the cup blue" the model still knows the picture should stay
-watercolor. The edits endpoint sees one instruction and the last image only; it cannot
-know what was asked before. It stays reachable (`mode="edits"`) for accounts or models
-where chat is not offered, and then acts single-turn: the parent's image plus any new
-reference images.
+earlier instruction with the image it produced — so after "now in watercolor" and then
+"make the cup blue" the model still knows the picture should stay watercolor. The edits
+endpoint sees one instruction and the last image only; it cannot know what was asked
+before. It stays reachable (`mode="edits"`) for accounts or models where chat is not
+offered, and then acts single-turn: the parent's image plus any new reference images, both
+as they are.
+
+What a chat edit sends, so its size does not grow with the thread's depth:
+
+- every earlier instruction as text, and the model's earlier words as text;
+- **the image being edited** (the latest turn's result) as it is, byte for byte, as a data
+  URL;
+- **new reference images** (attached to this edit) as they are;
+- **older images** — the results of earlier turns and the reference images of every
+  earlier turn — at reduced size, as a `data:image/jpeg;base64,…` URL: a JPEG whose long
+  side is at most 512 px, at quality 85, lowered step by step (75, 65, 50) and then made
+  a quarter smaller at a time until it is at most 80 KB; transparency is flattened onto
+  white. An older image already within 512 px and 80 KB, or one whose copy would not be
+  smaller, is sent as it is. The copies are made once per image (by its sha256), in
+  memory and off the event loop, and never stored.
+
+With 1.5 MB images a depth-8 edit therefore sends the edited image plus at most seven
+80 KB copies (and the instructions), instead of eight full images.
 
 Failures: the API answers 400, 401, 429 and 500 with `{"error": {"message", "type"}}` (a
 flat `{"message"}` is accepted too, the documentation does not pin it down). A 400 whose
@@ -42,11 +66,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 import httpx
 
+from bot.catalog import ModelNotSold, model_info
 from bot.errors import (
     ImagineError,
     InvalidProviderResponse,
@@ -65,11 +91,16 @@ from bot.providers.http import (
     make_client,
     request_json,
 )
+from bot.providers.shrink import Shrinker
 
 DEFAULT_POLICY: Final = RetryPolicy()
 NO_HOOKS: Final = ProviderCall()
 DEFAULT_BASE_URL: Final = "https://api-xmodel.nexconn.ai"
 MODES: Final = ("chat", "edits")
+
+SHARED_SHRINKER: Final = Shrinker()
+"""Reduced copies of older history images, shared by every NexconnProvider of the process."""
+NO_IMAGES: Final[Mapping[str, Image]] = MappingProxyType({})
 
 GENERATIONS_PATH: Final = "/v1/images/generations"
 EDITS_PATH: Final = "/v1/images/edits"
@@ -144,6 +175,7 @@ class NexconnProvider:
         timeout: float = 120.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        shrinker: Shrinker | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"Nexconn mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -152,11 +184,16 @@ class NexconnProvider:
         self._policy = policy
         self._limit = max_response_bytes
         self._sleep = sleep
+        self._shrinker = shrinker if shrinker is not None else SHARED_SHRINKER
+        self._later: set[asyncio.Future[Image]] = set()
         self._client = make_client(
             base_url, {"Authorization": authorization}, timeout=timeout, transport=transport
         )
 
     async def aclose(self) -> None:
+        for task in self._later:
+            task.cancel()
+        await asyncio.gather(*self._later, return_exceptions=True)
         await self._client.aclose()
 
     async def generate(self, request: ImageRequest, call: ProviderCall = NO_HOOKS) -> ImageResult:
@@ -191,10 +228,10 @@ class NexconnProvider:
 
     async def _generate(self, request: ImageRequest) -> ImageResult:
         body = {
-            "model": request.model,
+            "model": self._model(request),
             "prompt": request.prompt,
             "n": 1,
-            "image_config": {"aspect_ratio": request.aspect_ratio},
+            "image_config": image_config(request),
         }
         return await self._images_answer(GENERATIONS_PATH, await self._post(GENERATIONS_PATH, body))
 
@@ -204,12 +241,18 @@ class NexconnProvider:
             sources.append(request.history[-1].result)
         sources.extend(request.references)
         body = {
-            "model": request.model,
+            "model": self._model(request),
             "prompt": request.prompt,
             "image": [await data_url(image) for image in sources],
-            "image_config": {"aspect_ratio": request.aspect_ratio},
+            "image_config": image_config(request),
         }
         return await self._images_answer(EDITS_PATH, await self._post(EDITS_PATH, body))
+
+    def _model(self, request: ImageRequest) -> str:
+        model = model_info(request.model).provider_id(self.name)
+        if model is None:
+            raise ModelNotSold(request.model, self.name)
+        return model
 
     async def _images_answer(self, path: str, answer: dict[str, Any]) -> ImageResult:
         data = answer.get("data")
@@ -233,20 +276,47 @@ class NexconnProvider:
 
     # --- /v1/chat/completions --------------------------------------------------------------
 
+    def _shrink_ahead(self, last: tuple[HistoryTurn, ...], references: tuple[Image, ...]) -> None:
+        """Make, once this edit is sent, the reduced copies the next edit will need (the image
+        edited now and the new references become older images then), so it does not wait."""
+        for image in (*(turn.result for turn in last), *references):
+            task = asyncio.ensure_future(self._shrinker.smaller(image))
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+
+    async def idle(self) -> None:
+        """Wait for copies made ahead of the next edit (tests, benchmarks)."""
+        while self._later:
+            await asyncio.gather(*self._later, return_exceptions=True)
+
+    async def _older_images(self, history: tuple[HistoryTurn, ...]) -> dict[str, Image]:
+        """sha256 → the reduced copy of every history image but the one being edited."""
+        older: dict[str, Image] = {}
+        for index, turn in enumerate(history):
+            for reference in turn.references:
+                older.setdefault(reference.sha256, reference)
+            if index < len(history) - 1:
+                older.setdefault(turn.result.sha256, turn.result)
+        copies = await asyncio.gather(*(self._shrinker.smaller(image) for image in older.values()))
+        return dict(zip(older, copies, strict=True))
+
     async def _chat(self, request: ImageRequest) -> ImageResult:
+        smaller = await self._older_images(request.history)
         messages: list[dict[str, Any]] = []
-        for turn in request.history:
-            messages.extend(await _turn_messages(turn))
+        for index, turn in enumerate(request.history):
+            latest = index == len(request.history) - 1
+            messages.extend(await _turn_messages(turn, smaller, latest=latest))
         messages.append(
             {"role": "user", "content": await _user_content(request.prompt, request.references)}
         )
         body = {
-            "model": request.model,
+            "model": self._model(request),
             "messages": messages,
             "modalities": ["image", "text"],
-            "image_config": {"aspect_ratio": request.aspect_ratio},
+            "image_config": image_config(request),
         }
         answer = await self._post(CHAT_PATH, body)
+        self._shrink_ahead(request.history[-1:], request.references)
         choices = answer.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise InvalidProviderResponse(detail=f"{CHAT_PATH}: no choices")
@@ -265,21 +335,37 @@ class NexconnProvider:
         return ImageResult(images=tuple(images), text=text, usage=parse_usage(answer))
 
 
-async def _user_content(text: str, references: tuple[Image, ...]) -> list[dict[str, Any]]:
+def image_config(request: ImageRequest) -> dict[str, Any]:
+    """`image_config`: the ratio, and the size when one was chosen (`image_size`,
+    *unconfirmed*: Nexconn's schema names a `Gemini30ProImageConfig` but not its fields)."""
+    config: dict[str, Any] = {"aspect_ratio": request.aspect_ratio}
+    if request.size is not None:
+        config["image_size"] = request.size
+    return config
+
+
+async def _user_content(
+    text: str, references: tuple[Image, ...], smaller: Mapping[str, Image] = NO_IMAGES
+) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
     for image in references:
-        parts.append({"type": "image_url", "image_url": {"url": await data_url(image)}})
+        sent = smaller.get(image.sha256, image)
+        parts.append({"type": "image_url", "image_url": {"url": await data_url(sent)}})
     return parts
 
 
-async def _turn_messages(turn: HistoryTurn) -> list[dict[str, Any]]:
-    """One earlier turn as the chat API expects it: the ask, then the answer with its image."""
+async def _turn_messages(
+    turn: HistoryTurn, smaller: Mapping[str, Image], *, latest: bool
+) -> list[dict[str, Any]]:
+    """One earlier turn as the chat API expects it: the ask, then the answer with its image
+    (reduced, unless it is the latest: the image being edited goes as it is)."""
     answer: list[dict[str, Any]] = []
     if turn.text.strip():
         answer.append({"type": "text", "text": turn.text})
-    answer.append({"type": "image_url", "image_url": {"url": await data_url(turn.result)}})
+    result = turn.result if latest else smaller.get(turn.result.sha256, turn.result)
+    answer.append({"type": "image_url", "image_url": {"url": await data_url(result)}})
     return [
-        {"role": "user", "content": await _user_content(turn.prompt, turn.references)},
+        {"role": "user", "content": await _user_content(turn.prompt, turn.references, smaller)},
         {"role": "assistant", "content": answer},
     ]
 

@@ -170,6 +170,36 @@ def test_the_tables_cover_every_reason_the_sdk_knows() -> None:
     assert gemini.BLOCK_REASONS == SDK_BLOCK_REASONS
 
 
+# google-genai 2.19.0, google/genai/types.py: the fields of ImageConfig and FileData
+# (snake case; the SDK's models alias them to camel case, `alias_generator=to_camel`).
+SDK_IMAGE_CONFIG = frozenset(
+    {
+        "aspect_ratio",
+        "image_size",
+        "person_generation",
+        "prominent_people",
+        "output_mime_type",
+        "output_compression_quality",
+        "image_output_options",
+    }
+)
+SDK_FILE_DATA = frozenset({"display_name", "file_uri", "mime_type"})
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def test_the_fields_we_send_are_the_sdks() -> None:
+    from bot.providers.files import Uploaded
+
+    config = gemini.generation_config(ImageRequest("p", "1:1", MODEL, size="2K"))
+    assert {_snake(k) for k in config["imageConfig"]} <= SDK_IMAGE_CONFIG
+    assert config["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "2K"}
+    part = Uploaded(name="files/a", uri="u", mime="image/png", expires_at=0).part()
+    assert {_snake(k) for k in part["fileData"]} <= SDK_FILE_DATA
+
+
 @pytest.mark.parametrize(("reason", "kind", "sentence"), FINISH_TABLE, ids=lambda v: str(v))
 async def test_each_finish_reason_maps_to_its_sentence(
     server: FakeGemini,

@@ -432,3 +432,139 @@ async def test_an_oversized_answer_is_refused(server: FakeNexconn) -> None:
         await p.aclose()
     assert caught.value.user_message == UNREADABLE
     assert "4096" in caught.value.detail
+
+
+# --- edits that stay small as threads grow (issue 12) --------------------------------------
+
+
+def detailed_png(seed: int, size: tuple[int, int] = (700, 500)) -> bytes:
+    """A PNG full of fine detail (noise), wider than 512 px: what a shrink must work on."""
+    import io
+    import random
+
+    from PIL import Image as PILImage
+
+    pixels = random.Random(seed).randbytes(size[0] * size[1] * 3)
+    buffer = io.BytesIO()
+    PILImage.frombytes("RGB", size, pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def url_bytes(url: str) -> tuple[str, bytes]:
+    head, _, payload = url.partition(",")
+    return head, base64.b64decode(payload)
+
+
+def pixels_of(data: bytes) -> tuple[int, int]:
+    import io
+
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(data)) as opened:
+        return opened.size
+
+
+def image_urls(content: list[dict[str, Any]]) -> list[str]:
+    return [p["image_url"]["url"] for p in content if p["type"] == "image_url"]
+
+
+async def test_chat_sends_older_images_reduced_and_the_edited_one_as_it_is(
+    server: FakeNexconn, provider: NexconnProvider
+) -> None:
+    r0, r1, r2 = detailed_png(0), detailed_png(1), detailed_png(2)
+    old_ref, new_ref = detailed_png(3, (600, 900)), detailed_png(4, (640, 640))
+    t0 = turn("a harbour", ImageResult(images=(image(r0),)))
+    t1 = turn("in this style", ImageResult(images=(image(r1),), text="Styled."), (image(old_ref),))
+    t2 = turn("at dusk", ImageResult(images=(image(r2),)))
+
+    await within(
+        provider.generate(
+            ImageRequest(
+                "add boats", "1:1", MODEL, references=(image(new_ref),), history=(t0, t1, t2)
+            )
+        )
+    )
+
+    [sent] = server.requests
+    messages = sent.json["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 3 + ["user"]
+    older = [
+        image_urls(messages[1]["content"])[0],  # turn 0's result
+        image_urls(messages[2]["content"])[0],  # turn 1's reference
+        image_urls(messages[3]["content"])[0],  # turn 1's result
+    ]
+    for url, original in zip(older, (r0, old_ref, r1), strict=True):
+        head, data = url_bytes(url)
+        assert head == "data:image/jpeg;base64"
+        assert max(pixels_of(data)) <= 512
+        assert len(data) <= 80 * 1024 < len(original)
+    assert pixels_of(url_bytes(older[1])[1]) == (341, 512)  # the ratio is kept
+    [edited] = image_urls(messages[5]["content"])
+    assert edited == f"data:image/png;base64,{b64(r2)}"  # byte for byte
+    assert {"type": "text", "text": "Styled."} in messages[3]["content"]
+    assert image_urls(messages[6]["content"]) == [f"data:image/png;base64,{b64(new_ref)}"]
+
+
+async def test_the_reduced_copies_are_the_same_on_every_edit(
+    server: FakeNexconn, provider: NexconnProvider
+) -> None:
+    t0 = turn("a", ImageResult(images=(image(detailed_png(5)),)))
+    t1 = turn("b", ImageResult(images=(image(detailed_png(6)),)))
+    for prompt in ("c", "d"):
+        await within(provider.generate(ImageRequest(prompt, "1:1", MODEL, history=(t0, t1))))
+    first, second = (r.json["messages"][1]["content"] for r in server.requests)
+    assert first == second
+
+
+async def test_edits_mode_still_sends_images_as_they_are(server: FakeNexconn) -> None:
+    p = NexconnProvider(KEY, server.base_url, mode="edits", policy=FAST)
+    old, parent_png = detailed_png(7), detailed_png(8)
+    t1 = turn("a", ImageResult(images=(image(old),)))
+    t2 = turn("b", ImageResult(images=(image(parent_png),)))
+    try:
+        await within(p.generate(ImageRequest("c", "1:1", MODEL, history=(t1, t2))))
+    finally:
+        await p.aclose()
+    assert server.requests[0].json["image"] == [data_url_of(parent_png)]
+
+
+# --- models and sizes ----------------------------------------------------------------------
+
+PRO = "gemini-3-pro-image-preview"
+
+
+@pytest.mark.parametrize("mode", ["chat", "edits"])
+@pytest.mark.parametrize(
+    ("model", "size", "sent_model", "config"),
+    [
+        (MODEL, None, MODEL, {"aspect_ratio": "3:4"}),
+        (PRO, "2K", "gemini-3.0-pro-image-preview", {"aspect_ratio": "3:4", "image_size": "2K"}),
+        (
+            "gemini-3.1-flash-image-preview",
+            "4K",
+            "gemini-3.1-flash-image-preview",
+            {"aspect_ratio": "3:4", "image_size": "4K"},
+        ),
+    ],
+)
+async def test_each_endpoint_carries_nexconns_model_id_and_the_size(
+    server: FakeNexconn,
+    mode: str,
+    model: str,
+    size: str | None,
+    sent_model: str,
+    config: dict[str, str],
+) -> None:
+    p = NexconnProvider(KEY, server.base_url, mode=mode, policy=FAST)
+    parent = turn("a", ImageResult(images=(image(png((1, 2, 3))),)))
+    try:
+        await within(p.generate(ImageRequest("a kite", "3:4", model, size=size)))
+        await within(p.generate(ImageRequest("red", "3:4", model, size=size, history=(parent,))))
+    finally:
+        await p.aclose()
+    generation, edit = server.requests
+    assert generation.path == GENERATIONS
+    assert edit.path == (CHAT if mode == "chat" else EDITS)
+    for sent in (generation, edit):
+        assert sent.json["model"] == sent_model
+        assert sent.json["image_config"] == config
