@@ -122,7 +122,7 @@ def render_usage(
         if workspace.top_users:
             lines.append("Top users this month:")
             lines += [
-                f"{rank}. {mention.format(user=line.user)} — {plural(line.images, 'image')}, "
+                f"{rank}. {mention.format(user=line.user, id=line.user)} — {plural(line.images, 'image')}, "
                 f"{money(line.cost_usd)}"
                 for rank, line in enumerate(workspace.top_users, 1)
             ]
