@@ -1,4 +1,4 @@
-"""GMI Cloud's request queue for Gemini 2.5 Flash Image, translated into one provider.
+"""GMI Cloud's request queue for Gemini image models, translated into one provider.
 
 What GMI documents, and what this module does with it:
 
@@ -6,9 +6,18 @@ What GMI documents, and what this module does with it:
   authenticated with `Authorization: Bearer <api key>`. The key is sent to that origin only:
   upload targets and generated media live on cloud storage (signed URLs), which must never
   see it.
-- Submit: `POST /requests` with `{"model": "gemini-2.5-flash-image", "payload": {"prompt",
-  "image": [up to 3 reference image URLs], "aspect_ratio": "1:1" | "3:2" | …}}`. The answer is
+- Submit: `POST /requests` with `{"model", "payload": {"prompt", "image": [up to 3 reference
+  image URLs], "aspect_ratio": "1:1" | "3:2" | …, "image_size"?}}`. The answer is
   `{"request_id", "status": "queued", …}`; it may already say `success`.
+- `model` is GMI's id for the requested model, looked up in `bot.catalog` (the same as
+  Google's today, e.g. `gemini-3-pro-image-preview`); a model GMI does not sell is refused
+  by the core before it gets here, so an id the table lacks is sent as it is.
+- Output size (`1K`/`2K`/`4K`, Gemini 3 Pro and 3.1 Flash): GMI's field for it is
+  *unconfirmed*. We send `payload.image_size` — Google's `imageConfig.imageSize` in the
+  snake_case GMI uses for `aspect_ratio` — and only when the user chose a size, so requests
+  without one are exactly what GMI documents. If GMI calls it something else it either
+  answers 400 naming the field (the user sees the provider's reason, an input error: not
+  retried) or ignores it and makes its default size; `_sized` is the one place to change.
 - Status: `GET /requests/{request_id}` → `status` is `queued` or `processing` (the SDK also
   knows `created` and `dispatched`) while waiting, then `success`, `failed` or `cancelled`.
   On success `outcome.media_urls` is `[{"id", "url"}]` and `outcome.next_turn_contents` is the
@@ -41,7 +50,46 @@ What GMI documents, and what this module does with it:
 
 Resuming: the `request_id` is handed to `ProviderCall.on_submitted` before the first poll, so
 the caller stores it durably; after a restart `ProviderCall(resume_id=...)` polls that id
-instead of submitting again.
+instead of submitting again. A resumed job polls on the schedule of its original submission
+time when this provider instance submitted it (a resume within the same process), else on a
+schedule starting now; `ProviderCall` carries no submission time, so after a real restart it
+is the latter. Its deadline counts from the resume.
+
+Polling (`poll_schedule`, a pure function of the learned durations and `PollPolicy`):
+
+- Why not a fixed schedule: a delay ≤ 10 % of the job for *every* length needs each poll at
+  most 1.1 × the previous one, and 5 s → 30 s then takes ln 6 / ln 1.1 ≈ 19 polls; with 8
+  polls the fixed schedule (1.5, 3.98, 8.06, 12.56, 17.06 … s) sees a 5 s job 3.06 s late
+  (61 %), a 10 s job 26 %, a 15 s job 14 %. No fixed schedule fits every job length.
+- But one model's jobs do not take every length. `DurationEstimator` keeps the last 20
+  durations of successful jobs per model and size (in memory: a restart relearns within 5
+  jobs); `expect` turns them into a band `low`..`high` where the next job should finish:
+  the range of the samples without outliers (quartiles ± 1.5 IQR: a job stuck in GMI's
+  queue), widened by range / (n − 1) at each end, at least ±10 % around the median.
+- The schedule then spends its polls on that band: polls a·1.1^i see any job in it with a
+  delay under 10 %, and ±30 % around the median (low/high ≈ 2) takes 8 of them, so no poll
+  is left before the band; a narrower band needs fewer and the spare ones go before it, as
+  the fixed schedule would place them (1.5 s, 3.98 s, …). After the band the intervals grow
+  by `factor` up to `max_interval` again (4.5 s) until the deadline. With no history (fewer
+  than 5 jobs) the schedule is the fixed one.
+- Durations are measured by the polls themselves: the middle of the interval between the last
+  poll that saw the job running and the one that saw it done (±5 % inside the band). A job
+  outside the band is seen by a sparse poll; its middle would be a guess, so it counts as the
+  nearest duration a poll on target would still have missed, and the band grows towards such
+  jobs step by step. Samples seen through the fixed schedule count only until 5 seen
+  through a learned one exist, so a coarse start does not linger for 20 jobs.
+- Jitter: sparse polls move by up to ±10 % of their interval, as before; the band moves as a
+  whole by up to ±1 % (`jitter` × `target`) of its offsets, which keeps its 1.1 ratios, so
+  concurrent jobs of one model still spread apart without uncovering the band.
+- Limits. Jobs outside the learned band pay: with a 5 s median a 1 s job is seen at about
+  3.5 s, a 30 s one after 15 polls (the band's 8 and the tail's); with a 30 s median nothing
+  polls before about 21 s. A band wider than 8 polls can cover (high/low above 2.1, about
+  ±35 % around the median) is covered around the median, and the jobs at its ends miss
+  10 %. Twenty samples locate a band's ends only to a few per cent, so a job drawn from the
+  same ±30 % spread lands outside the band (and misses 10 %, half of those with a 9th poll)
+  about 1 % of the time; see BENCHMARKS.md. A window of 40 halves that but follows a change
+  in GMI's speed half as fast. Durations are learned per model and size; edits and new
+  images of one model share them.
 """
 
 from __future__ import annotations
@@ -49,15 +97,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import math
 import random
 import re
+import statistics
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
 import httpx
 
+from bot.catalog import model_info
 from bot.errors import (
     Cancelled,
     ImagineError,
@@ -117,30 +169,18 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True, slots=True)
 class PollPolicy:
-    """When to ask GMI whether a request is done.
+    """When to ask GMI whether a request is done (the design is in the module docstring).
 
-    Poll k (k = 1, 2, …) happens `t_k` seconds after submission, where the intervals grow
-    from `first_interval` by `factor` up to `max_interval`, and the last poll is at `deadline`
-    (then `ProviderTimeout`). Jitter moves each poll by up to ±`jitter` × its interval around
-    that fixed schedule (it does not accumulate), which spreads many clients apart (GMI's rate
-    limit is per organisation) while keeping the bound on polls below.
+    The fixed schedule (a model without history; also the polls before a learned band and,
+    from the band's last interval, the tail after it): intervals grow from `first_interval`
+    by `factor` up to `max_interval`; the last poll is at `deadline` (then `ProviderTimeout`).
+    The defaults poll at 1.5, 3.98, 8.06, 12.56, 17.06, 21.56, 26.06, 30.56 s, then every
+    4.5 s: a job of 5–30 s is seen by the 8th poll, jitter included (30.56 − 0.45 ≥ 30).
 
-    The defaults give intervals 1.5, 2.475, 4.084, 4.5, 4.5, … and so polls at
-    1.5, 3.98, 8.06, 12.56, 17.06, 21.56, 26.06, 30.56 s (then every 4.5 s up to 300 s):
-
-    - Poll count: a job of 5–30 s is seen by the 8th poll, jitter included
-      (30.56 − 0.1 × 4.5 = 30.11 ≥ 30); one of 5 s needs 3 polls, 10 s needs 4, 20 s needs 6.
-    - Detection delay: at most one interval, ≤ 4.5 s (5.4 s if jitter moves both of its
-      ends apart); a 20 s job is seen at 21.56 s (1.56 s, 7.8 %), a 30 s job at 30.56 s
-      (1.9 %), an 8 s job at 8.06 s (0.8 %).
-      Over jobs spread evenly from 5 to 30 s the mean delay is 2.2 s, 12.6 % of the mean job
-      time (mean of delay/job 15.8 %).
-    - The limit of the goal: a delay ≤ 10 % for *every* job length means each poll at most
-      1.1 × the previous one, and 5 s → 30 s then takes ln 6 / ln 1.1 ≈ 19 polls, so no
-      schedule meets both that and 8 polls. With 8 polls between 5 and 30 s the intervals
-      average ≥ 3.1 s; even the best schedule of this shape (2.5, 6.5, 10.5, … every 4 s)
-      only reaches 11 % of mean job time, and gives up the short first interval that makes
-      fast and cached answers quick. The defaults keep that interval and stay within 2 points.
+    A learned band gets polls `target` (10 %) apart relative to their offsets, as many as it
+    needs up to `max_polls`. `jitter` moves each sparse poll by up to ±`jitter` × its
+    interval around the nominal offset (it does not accumulate), and the band as a whole by
+    ±`jitter` × `target` of its offsets.
     """
 
     first_interval: float = 1.5
@@ -148,27 +188,218 @@ class PollPolicy:
     max_interval: float = 4.5
     jitter: float = 0.1
     deadline: float = 300.0
+    target: float = 0.1
+    max_polls: int = 8
 
 
-def poll_schedule(policy: PollPolicy, rng: random.Random | None = None) -> list[float]:
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """Where the next job of a model is expected to finish, learned from recent jobs.
+
+    `low`..`high` (seconds after submission) is the band the schedule covers densely.
+    """
+
+    median: float
+    low: float
+    high: float
+    samples: int
+
+
+def poll_schedule(
+    policy: PollPolicy,
+    rng: random.Random | None = None,
+    expected: Expected | None = None,
+    *,
+    deadline: float | None = None,
+) -> list[float]:
     """Seconds after submission at which to poll, in order; the last one is the deadline.
 
-    Without `rng` (or with `jitter == 0`) the schedule is the nominal one, so it can be
-    checked exactly.
+    Without `expected` this is the fixed geometric schedule; with it, dense polls around the
+    expected finish (see the module docstring). `deadline` overrides the policy's (a resumed
+    job's deadline counts from the resume). Without `rng` (or with `jitter == 0`) the
+    schedule is the nominal one, so it can be checked exactly. A pure function.
     """
-    offsets: list[float] = []
+    horizon = policy.deadline if deadline is None else deadline
+    if expected is None:
+        return _until(_fixed(policy, rng), horizon)
+    return _until(_adaptive(policy, expected, rng), horizon)
+
+
+def _until(offsets: Iterable[float], horizon: float) -> list[float]:
+    """`offsets` below `horizon`, then `horizon` itself."""
+    kept: list[float] = []
+    for offset in offsets:
+        if offset >= horizon:
+            break
+        kept.append(offset)
+    kept.append(horizon)
+    return kept
+
+
+def _jittered(
+    nominal: float, interval: float, policy: PollPolicy, rng: random.Random | None
+) -> float:
+    if rng is None or policy.jitter <= 0:
+        return nominal
+    return nominal + rng.uniform(-policy.jitter, policy.jitter) * interval
+
+
+def _fixed(policy: PollPolicy, rng: random.Random | None) -> Iterator[float]:
+    """Intervals from `first_interval`, × `factor` up to `max_interval`; jitter around each
+    nominal offset (it does not accumulate). Endless: `_until` cuts it."""
     interval = max(policy.first_interval, 0.01)
     nominal = 0.0
     while True:
         nominal += interval
-        if nominal >= policy.deadline:
-            offsets.append(policy.deadline)
-            return offsets
-        shift = 0.0
-        if rng is not None and policy.jitter > 0:
-            shift = rng.uniform(-policy.jitter, policy.jitter) * interval
-        offsets.append(nominal + shift)
+        yield _jittered(nominal, interval, policy, rng)
         interval = min(policy.max_interval, interval * policy.factor)
+
+
+def _tail(
+    start: float, interval: float, policy: PollPolicy, rng: random.Random | None
+) -> Iterator[float]:
+    """After the band: intervals grow by `factor` from the band's last one up to
+    `max_interval` (or stay, if the band's were already longer)."""
+    nominal = start
+    ceiling = max(policy.max_interval, interval)
+    while True:
+        interval = min(ceiling, interval * policy.factor)
+        nominal += interval
+        yield _jittered(nominal, interval, policy, rng)
+
+
+def _adaptive(policy: PollPolicy, expected: Expected, rng: random.Random | None) -> Iterator[float]:
+    """Sparse polls before the band, a geometric band over `low`..`high`, a sparse tail."""
+    low = max(expected.low, 0.05)
+    high = max(expected.high, low)
+    ratio = 1.0 + max(policy.target, 0.01)
+    shift = policy.jitter * policy.target if rng is not None else 0.0
+    # Polls a·r^i (i < k) see a job in [a/r, a·r^(k-1)] at most r× its length; the band shift
+    # f ∈ [1 - shift, 1 + shift] must not uncover either end: r^k ≥ high/low · (1+s)/(1-s).
+    need = high / low * (1 + shift) / (1 - shift)
+    count = max(1, math.ceil(math.log(need) / math.log(ratio) - 1e-9))
+    count = min(count, max(1, policy.max_polls))
+    # The polls see [start, start·capacity] on target wherever the shift puts them. Spare
+    # coverage is shared by both ends; a band too wide for the budget is covered around the
+    # median, where most jobs finish, and its ends pay.
+    capacity = ratio**count * (1 - shift) / (1 + shift)
+    if capacity >= high / low:
+        start = low / math.sqrt(capacity * low / high)
+    else:
+        start = min(max(expected.median / math.sqrt(capacity), low), high / capacity)
+    first = start * ratio / (1 + shift)
+    factor = 1 + rng.uniform(-shift, shift) if rng is not None and shift > 0 else 1.0
+    band = [first * ratio**i * factor for i in range(count)]
+    # Spare polls go before the band, as the fixed schedule would make them, but only where
+    # the band's first poll would not see the job within the target anyway.
+    spare = max(0, policy.max_polls - count)
+    before = first * (1 - shift) / ratio
+    fixed = _fixed(policy, rng)
+    for _ in range(spare):
+        offset = next(fixed)
+        if offset >= before:
+            break
+        yield offset
+    yield from band
+    last = band[-1]
+    yield from _tail(last, last - last / ratio, policy, rng)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    seconds: float
+    learned: bool
+    """Seen through a learned schedule (not the sparse fixed one)."""
+
+
+def expect(durations: Sequence[float], min_spread: float = 0.1) -> Expected:
+    """The band the next duration is expected in, from recent ones (a pure function).
+
+    Samples beyond the quartiles ± 1.5 × IQR (a job stuck in GMI's queue) are left out; the
+    band is then the rest's range widened by range / (n − 1) on each side (the unbiased
+    estimate of a uniform distribution's ends: n samples fall short of them by about
+    range / (n + 1)), and at least ±`min_spread` around the median.
+    """
+    xs = sorted(durations)
+    if not xs:
+        raise ValueError("no durations")
+    median = statistics.median(xs)
+    if len(xs) >= 4:
+        q1, _, q3 = statistics.quantiles(xs, n=4)
+        fence = 1.5 * (q3 - q1)
+        xs = [x for x in xs if q1 - fence <= x <= q3 + fence]
+    pad = (xs[-1] - xs[0]) / (len(xs) - 1) if len(xs) > 1 else 0.0
+    low = min(xs[0] - pad, median * (1 - min_spread))
+    high = max(xs[-1] + pad, median * (1 + min_spread))
+    return Expected(median=median, low=max(low, 0.05 * median), high=high, samples=len(xs))
+
+
+class DurationEstimator:
+    """The last `window` durations of successful jobs per key (model and size), in memory.
+
+    A duration comes from the interval between the last poll that saw the job running and
+    the one that saw it done (`_estimate`). Samples seen through the sparse fixed schedule
+    count only until `min_samples` seen through a learned one exist: they are coarse, and
+    would otherwise widen the band for `window` jobs.
+    """
+
+    def __init__(
+        self, window: int = 20, min_samples: int = 5, target: float = 0.1, min_spread: float = 0.1
+    ) -> None:
+        self.window = window
+        self.min_samples = min_samples
+        self.target = target
+        self.min_spread = min_spread
+        self._samples: dict[Hashable, deque[_Sample]] = {}
+
+    def record(
+        self, key: Hashable, unfinished: float, finished: float, expected: Expected | None
+    ) -> None:
+        """A job was still running `unfinished` s after submission and done `finished` s,
+        polled with a schedule learned as `expected` (None: the fixed one)."""
+        if not 0 <= unfinished < finished:
+            return
+        samples = self._samples.setdefault(key, deque(maxlen=self.window))
+        samples.append(
+            _Sample(_estimate(unfinished, finished, expected, self.target), expected is not None)
+        )
+
+    def durations(self, key: Hashable) -> list[float]:
+        """The durations `expected` uses: those seen through a learned schedule if there are
+        enough, else all."""
+        samples = self._samples.get(key, ())
+        precise = [s.seconds for s in samples if s.learned]
+        if len(precise) >= self.min_samples:
+            return precise
+        return [s.seconds for s in samples]
+
+    def expected(self, key: Hashable) -> Expected | None:
+        """Where the next job for `key` should finish; None until `min_samples` jobs."""
+        durations = self.durations(key)
+        if len(durations) < self.min_samples:
+            return None
+        return expect(durations, self.min_spread)
+
+
+def _estimate(
+    unfinished: float, finished: float, expected: Expected | None, target: float
+) -> float:
+    """A job's duration from the interval it finished in.
+
+    The middle, unless the interval is wide (a job outside the learned band, seen by a
+    sparse poll): then the duration nearest the band that the interval allows and that a
+    poll on target would still have missed, so the band grows towards such jobs step by
+    step instead of jumping to a guess.
+    """
+    middle = (unfinished + finished) / 2
+    if expected is None:
+        return middle
+    ratio = 1 + target
+    if finished <= expected.median:
+        return max(middle, finished / ratio)
+    if unfinished >= expected.median:
+        return min(middle, unfinished * ratio)
+    return middle
 
 
 _RETRY: Final = RetryPolicy()
@@ -304,6 +535,7 @@ class GmiProvider:
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         max_resubmits: int = 2,
+        durations: DurationEstimator | None = None,
     ) -> None:
         self._client = make_client(base_url, {}, timeout=timeout, transport=transport)
         self._client.auth = _OriginBearer(api_key, base_url)
@@ -313,6 +545,10 @@ class GmiProvider:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._max_resubmits = max_resubmits
+        self.durations = durations if durations is not None else DurationEstimator()
+        """Recent job durations per model and size, which shape the poll schedule."""
+        self._submitted: dict[str, float] = {}
+        """Request id → when this instance submitted it, for a resume in the same process."""
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -322,22 +558,31 @@ class GmiProvider:
         request: ImageRequest,
         call: ProviderCall = _NO_CALL,
     ) -> ImageResult:
+        key = _duration_key(request)
         payload: dict[str, Any] | None = None
         answer: dict[str, Any] | None = None
-        started = self._clock()
-        deadline = started + self._poll.deadline
+        now = self._clock()
+        deadline = now + self._poll.deadline
         resubmits = 0
+        resumed = bool(call.resume_id)
         if call.resume_id:
             request_id = call.resume_id
-            log.info("gmi: resuming request %s", request_id)
+            origin = self._submitted.get(request_id)
+            started = origin if origin is not None else now
+            log.info(
+                "gmi: resuming request %s (submitted here: %s)", request_id, origin is not None
+            )
         else:
             payload = await self._payload(request)
-            started = self._clock()
-            request_id, answer = await self._submit(request, payload, call)
+            started = origin = self._clock()
+            request_id, answer = await self._submit(request, payload, call, started)
         while True:
             try:
-                answer = await self._wait(request_id, answer, started, deadline)
+                answer, seen = await self._wait(
+                    request_id, answer, started, deadline, key, None if resumed else 0.0
+                )
             except _Resubmit as failure:
+                self._submitted.pop(request_id, None)
                 if resubmits >= self._max_resubmits:
                     raise ProviderUnavailable(
                         detail=f"GMI request {request_id} failed {resubmits + 1} times: "
@@ -347,9 +592,16 @@ class GmiProvider:
                 log.warning("gmi: request %s failed (%s), resubmitting", request_id, failure)
                 if payload is None:
                     payload = await self._payload(request)
-                started = self._clock()
-                request_id, answer = await self._submit(request, payload, call)
+                started = origin = self._clock()
+                resumed = False
+                request_id, answer = await self._submit(request, payload, call, started)
                 continue
+            except ImagineError:
+                self._submitted.pop(request_id, None)
+                raise
+            self._submitted.pop(request_id, None)
+            if seen is not None and origin is not None:  # a resume of unknown age teaches nothing
+                self.durations.record(key, *seen)
             return await self._result(request_id, answer)
 
     # --- requests ------------------------------------------------------------------------
@@ -369,10 +621,10 @@ class GmiProvider:
         return answer
 
     async def _submit(
-        self, request: ImageRequest, payload: dict[str, Any], call: ProviderCall
+        self, request: ImageRequest, payload: dict[str, Any], call: ProviderCall, started: float
     ) -> tuple[str, dict[str, Any]]:
         answer = await self._api(
-            "POST", "/requests", {"model": request.model or DEFAULT_MODEL, "payload": payload}
+            "POST", "/requests", {"model": _gmi_model(request), "payload": payload}
         )
         request_id = answer.get("request_id")
         if not isinstance(request_id, str) or not request_id:
@@ -380,19 +632,45 @@ class GmiProvider:
                 detail=f"submit answer without request_id: {answer!r:.200}"
             )
         log.info("gmi: submitted %s (%s)", request_id, answer.get("status"))
+        self._remember(request_id, started)
         await call.on_submitted(request_id)
         return request_id, answer
 
+    def _remember(self, request_id: str, started: float) -> None:
+        """Note when `request_id` was submitted; forget ids older than two deadlines."""
+        stale = started - 2 * self._poll.deadline
+        for old in [i for i, t in self._submitted.items() if t < stale]:
+            del self._submitted[old]
+        self._submitted[request_id] = started
+
     async def _wait(
-        self, request_id: str, answer: dict[str, Any] | None, started: float, deadline: float
-    ) -> dict[str, Any]:
-        """Poll until the request is finished; return the `success` answer."""
-        schedule: Iterator[float] = iter(poll_schedule(self._poll, self._rng))
+        self,
+        request_id: str,
+        answer: dict[str, Any] | None,
+        started: float,
+        deadline: float,
+        key: Hashable,
+        unfinished: float | None,
+    ) -> tuple[dict[str, Any], tuple[float, float, Expected | None] | None]:
+        """Poll until the request is finished; return the `success` answer and, when a poll
+        saw it finish, (last offset seen unfinished, offset seen done, the expectation the
+        schedule was made from) for the duration estimator.
+
+        `unfinished` is the last offset the request is known to have been running: 0 for a
+        fresh submission, None for a resume (until a poll here sees it running)."""
+        expected = self.durations.expected(key)
+        schedule: Iterator[float] = iter(
+            poll_schedule(self._poll, self._rng, expected, deadline=deadline - started)
+        )
+        polled = False
+        sent = started
         while True:
             if answer is not None:
                 status = answer.get("status")
                 if status == "success":
-                    return answer
+                    seen = self._clock() - started
+                    known = polled and unfinished is not None
+                    return answer, ((unfinished or 0.0, seen, expected) if known else None)
                 if status == "failed":
                     raise self._failed(request_id, answer)
                 if status == "cancelled":
@@ -406,7 +684,11 @@ class GmiProvider:
                 )
             target = next((started + t for t in schedule if started + t > now), deadline)
             await self._sleep(min(target, deadline) - now)
+            if polled:
+                unfinished = sent - started
+            sent = self._clock()
             answer = await self._api("GET", f"/requests/{request_id}")
+            polled = True
 
     def _failed(self, request_id: str, answer: dict[str, Any]) -> Exception:
         reason = _failure_reason(answer)
@@ -458,10 +740,13 @@ class GmiProvider:
                 raise TooManyImages(len(refs), MAX_REFERENCES, detail="GMI continuation")
             urls = await asyncio.gather(*(self._upload(image) for image in refs))
             pairs = [(image.mime, url) for image, url in zip(refs, urls, strict=True)]
-            return {
-                "contents": continue_contents(state, request.prompt, pairs),
-                "aspect_ratio": request.aspect_ratio,
-            }
+            return _sized(
+                {
+                    "contents": continue_contents(state, request.prompt, pairs),
+                    "aspect_ratio": request.aspect_ratio,
+                },
+                request,
+            )
         references = request.references
         if parent is not None:  # another provider's thread: one turn, edit the parent's image
             if len(references) + 1 > MAX_REFERENCES:
@@ -480,7 +765,7 @@ class GmiProvider:
                 await asyncio.gather(*(self._upload(image) for image in references))
             )
         payload["aspect_ratio"] = request.aspect_ratio
-        return payload
+        return _sized(payload, request)
 
     async def _upload(self, image: Image) -> str:
         """Put an image where GMI can read it; return its public URL."""
@@ -522,6 +807,24 @@ class GmiProvider:
             raise ProviderTimeout(detail=f"{method} {url:.200}: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
             raise ProviderUnavailable(detail=f"{method} {url:.200}: {exc!r}") from exc
+
+
+def _gmi_model(request: ImageRequest) -> str:
+    """GMI's id for the requested model, from the catalog (the core refuses unsold ones)."""
+    model = request.model or DEFAULT_MODEL
+    return model_info(model).provider_id("gmi") or model
+
+
+def _duration_key(request: ImageRequest) -> tuple[str, str | None]:
+    """Durations are learned per model and size: a 4K image takes longer than a 1K one."""
+    return _gmi_model(request), request.size
+
+
+def _sized(payload: dict[str, Any], request: ImageRequest) -> dict[str, Any]:
+    """The output size as `payload.image_size` (GMI's field is unconfirmed; see the top)."""
+    if request.size:
+        payload["image_size"] = request.size
+    return payload
 
 
 def _is_contents(state: Any) -> TypeGuard[list[Any]]:

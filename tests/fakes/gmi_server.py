@@ -70,7 +70,10 @@ class _Job:
     id: str
     script: Script
     payload: dict[str, Any]
+    model: str = "gemini-2.5-flash-image"
     polls: int = 0
+    poll_times: list[float] = field(default_factory=list)
+    """The server clock at each status poll (when the fake has a clock)."""
     outcome: dict[str, Any] | None = None
 
 
@@ -206,6 +209,7 @@ class FakeGmi:
             id=str(uuid.uuid4()),
             script=self.scripts.popleft() if self.scripts else Script(),
             payload=payload,
+            model=str(body.get("model")),
         )
         self.jobs[job.id] = job
         answer = {"request_id": job.id, "model": body.get("model"), "status": "queued"}
@@ -220,6 +224,8 @@ class FakeGmi:
         if job is None:
             return web.json_response({"error": "request not found"}, status=404)
         job.polls += 1
+        if self.clock is not None:
+            job.poll_times.append(self.clock())
         if job.script.ready_at is not None and self.clock is not None:
             status = "success" if self.clock() >= job.script.ready_at else "processing"
         else:
@@ -230,7 +236,7 @@ class FakeGmi:
     def _answer(self, job: _Job, status: str) -> dict[str, Any]:
         answer: dict[str, Any] = {
             "request_id": job.id,
-            "model": "gemini-2.5-flash-image",
+            "model": job.model,
             "status": status,
             "payload": job.payload,
             "created_at": 1761763441,
