@@ -47,13 +47,13 @@ What a chat edit sends, so its size does not grow with the thread's depth:
 - **older images** — the results of earlier turns and the reference images of every
   earlier turn — at reduced size, as a `data:image/jpeg;base64,…` URL: a JPEG whose long
   side is at most 512 px, at quality 85, lowered step by step (75, 65, 50) and then made
-  a quarter smaller at a time until it is at most 80 KB; transparency is flattened onto
-  white. An older image already within 512 px and 80 KB, or one whose copy would not be
+  a quarter smaller at a time until it is at most 40 KB; transparency is flattened onto
+  white. An older image already within 512 px and 40 KB, or one whose copy would not be
   smaller, is sent as it is. The copies are made once per image (by its sha256), in
   memory and off the event loop, and never stored.
 
 With 1.5 MB images a depth-8 edit therefore sends the edited image plus at most seven
-80 KB copies (and the instructions), instead of eight full images.
+40 KB copies (and the instructions), instead of eight full images.
 
 Failures: the API answers 400, 401, 429 and 500 with `{"error": {"message", "type"}}` (a
 flat `{"message"}` is accepted too, the documentation does not pin it down). A 400 whose

@@ -19,9 +19,9 @@ from bot.providers import offload
 
 LONG_SIDE: Final = 512
 """Longest side, in pixels, of an older history image as sent."""
-BUDGET: Final = 80 * 1024
+BUDGET: Final = 40 * 1024
 """Most bytes a reduced copy may take: quality (then size) falls until it fits, so even a
-photo full of fine detail stays small. Seven of them are under 40 % of one 1.5 MB image."""
+photo full of fine detail stays small: seven of them are under a fifth of one 1.5 MB image."""
 QUALITY_STEPS: Final = (85, 75, 65, 50)
 
 
@@ -105,4 +105,4 @@ class Shrinker:
         return result
 
 
-__all__ = ["LONG_SIDE", "Shrinker", "shrink"]
+__all__ = ["BUDGET", "LONG_SIDE", "Shrinker", "shrink"]

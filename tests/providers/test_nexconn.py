@@ -23,6 +23,7 @@ from bot.models import HistoryTurn, Image, ImageRequest, ImageResult
 from bot.providers.base import Provider
 from bot.providers.http import RetryPolicy
 from bot.providers.nexconn import NexconnProvider
+from bot.providers.shrink import BUDGET
 from tests.fakes.nexconn_server import (
     CHAT,
     EDITS,
@@ -497,7 +498,7 @@ async def test_chat_sends_older_images_reduced_and_the_edited_one_as_it_is(
         head, data = url_bytes(url)
         assert head == "data:image/jpeg;base64"
         assert max(pixels_of(data)) <= 512
-        assert len(data) <= 80 * 1024 < len(original)
+        assert len(data) <= BUDGET < len(original)
     assert pixels_of(url_bytes(older[1])[1]) == (341, 512)  # the ratio is kept
     [edited] = image_urls(messages[5]["content"])
     assert edited == f"data:image/png;base64,{b64(r2)}"  # byte for byte
