@@ -22,6 +22,7 @@ __all__ = [
     "ModelNotSold",
     "SizeNotSupported",
     "choose",
+    "made_with",
     "model_info",
 ]
 
@@ -107,6 +108,23 @@ def model_info(model: str) -> ModelInfo:
     if known is not None:
         return known
     return ModelInfo(model, model, {"nexconn": model, "gmi": model, "gemini": model})
+
+
+PROVIDER_LABELS: Mapping[str, str] = {
+    "nexconn": "Nexconn",
+    "gmi": "GMI Cloud",
+    "gemini": "Google Gemini API",
+    "demo": "the offline demo",
+}
+
+
+def made_with(model: str, size: str | None, provider: str) -> str:
+    """`Gemini 3 Pro Image · 2K · via GMI Cloud`: what a result's caption says made it."""
+    parts = [model_info(model).label]
+    if size:
+        parts.append(size)
+    parts.append(f"via {PROVIDER_LABELS.get(provider, provider)}")
+    return " · ".join(parts)
 
 
 def choose(

@@ -85,6 +85,14 @@ class _Target:
     size: str | None
 
 
+def reframe_instruction(ratio: str) -> str:
+    """What the model is asked for a 📐 change of aspect ratio."""
+    return (
+        f"Recompose this exact image for a {ratio} aspect ratio: keep the subject, style, "
+        "colours and details the same; extend or crop the scene only as the new shape needs."
+    )
+
+
 class ImagineBot:
     def __init__(
         self,
@@ -276,6 +284,29 @@ class ImagineBot:
         )
         await self._submit(job, sink, who)
         return job
+
+    async def reframe(
+        self,
+        turn_id: str,
+        aspect_ratio: str,
+        user_id: str,
+        sink: ReplySink,
+        destination: JSON = None,
+        *,
+        roles: frozenset[str] = frozenset(),
+    ) -> Job:
+        """📐: the same picture recomposed at another aspect ratio, as an edit of that turn
+        (it counts like any edit, and branches when the turn is not the thread's latest)."""
+        ratio = parse_aspect_ratio(aspect_ratio) or self.default_aspect_ratio
+        request = EditRequest(
+            user_id,
+            reframe_instruction(ratio),
+            turn_id=turn_id,
+            aspect_ratio=ratio,
+            destination=destination,
+            roles=roles,
+        )
+        return await self.edit(request, sink)
 
     async def retry(
         self,

@@ -122,8 +122,8 @@ def render_usage(
         if workspace.top_users:
             lines.append("Top users this month:")
             lines += [
-                f"{rank}. {mention.format(user=line.user, id=line.user)} — {plural(line.images, 'image')}, "
-                f"{money(line.cost_usd)}"
+                f"{rank}. {mention.format(user=line.user, id=line.user)} — "
+                f"{plural(line.images, 'image')}, {money(line.cost_usd)}"
                 for rank, line in enumerate(workspace.top_users, 1)
             ]
     lines.append(f"Days begin at midnight {report.tz_name}.")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.catalog import ModelNotOffered, ModelNotSold, SizeNotSupported
+from bot.catalog import ModelNotOffered, ModelNotSold, SizeNotSupported, made_with
 from bot.core import EditRequest, ImagineBot, ImagineRequest
 from bot.models import ThreadKey, new_id
 from bot.store import Store
@@ -138,3 +138,25 @@ async def test_a_thread_whose_model_was_withdrawn_continues_on_the_default(
     await settle(after)
     await after.shutdown(0)
     assert (provider.requests[-1].model, provider.requests[-1].size) == (FLASH, None)
+
+
+async def test_reframe_is_an_edit_of_that_turn_at_another_ratio(
+    core: ImagineBot, provider: RecordingProvider
+) -> None:
+    sink = CollectingSink()
+    await core.imagine(ImagineRequest(key(), "alice", "a lighthouse", aspect_ratio="1:1"), sink)
+    await settle(core)
+    first = sink.deliveries[-1].turn
+    await core.reframe(first.id, "16:9", "bob", sink)
+    await settle(core)
+    request = provider.requests[-1]
+    assert request.aspect_ratio == "16:9"
+    assert request.prompt.startswith("Recompose this exact image for a 16:9 aspect ratio")
+    assert request.history[-1].result.data == provider.results[0].image.data
+    made = sink.deliveries[-1].turn
+    assert (made.parent_id, made.aspect_ratio, made.kind.value) == (first.id, "16:9", "edit")
+
+
+def test_made_with_names_model_size_and_provider() -> None:
+    assert made_with(PRO, "2K", "gmi") == "Gemini 3 Pro Image · 2K · via GMI Cloud"
+    assert made_with(FLASH, None, "nexconn") == "Gemini 2.5 Flash Image · via Nexconn"
