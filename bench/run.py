@@ -51,6 +51,7 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "claims": ("bench.claims", ("claim overhead per job, SQLite and PostgreSQL",)),
+    "failover": ("bench.failover", ("one failover: extra latency once the breaker is open",)),
     "edits": ("bench.edit_bytes", ("edit bytes depth 8 ÷ depth 1", "depth-8 edit at 50 Mbit/s")),
 }
 
