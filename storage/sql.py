@@ -775,7 +775,8 @@ class SqlStore:
             await conn.execute(
                 sa.update(jobs)
                 .where(jobs.c.id == job_id)
-                .values(turn_id=turn.id, tokens=turn.usage.total_tokens)
+                # the ledger names the provider that made it (one of a failover list)
+                .values(turn_id=turn.id, tokens=turn.usage.total_tokens, provider=turn.provider)
             )
             # Activity orders `list_threads`; never move it backwards (portable GREATEST).
             await conn.execute(

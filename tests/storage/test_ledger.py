@@ -186,6 +186,8 @@ async def test_made_and_delivered_jobs_keep_counting(store: SqlStore) -> None:
     made = turn("t1", "thread-1", image("fox"))
     assert await store.make_job("first", "w", replace(made, user_id="alice"), [image("fox")])
     assert await store.deliver_job("first", "w", "discord", "m1")
+    ledger_row = await store.get_job("first")
+    assert ledger_row is not None and ledger_row.provider == "gemini"  # who made it
     with pytest.raises(PolicyRefused) as refused:
         await ledger.add("second", policy=policy)
     assert refused.value.refusal.used == 1
