@@ -14,15 +14,21 @@ from adapters.slack.convert import (
     ACTION_CANCEL,
     ACTION_DELETE,
     ACTION_EDIT,
+    ACTION_REFRAME,
     ACTION_REROLL,
     ACTION_RETRY,
     EDIT_BLOCK,
     EDIT_INPUT,
     EDIT_MODAL,
+    IMAGE_MODAL,
     EditTarget,
+    ImageSource,
+    reframe_value,
 )
-from bot.core import Phase, Progress
+from bot.catalog import model_info
+from bot.core import Phase, Progress, reframe_instruction
 from bot.errors import MAX_PROMPT_CHARS
+from bot.models import ASPECT_RATIOS
 
 Block = dict[str, Any]
 Message = tuple[str, list[Block]]
@@ -31,6 +37,8 @@ SECTION_LIMIT = 3000
 TEXT_LIMIT = 3000
 
 _VERBS = {"imagine": "imagined", "edit": "asked for an edit", "reroll": "rerolled"}
+_REFRAMES = {reframe_instruction(ratio): ratio for ratio in ASPECT_RATIOS}
+"""A 📐 job's prompt is the core's instruction: its header names the ratio instead."""
 
 
 def escape(text: str) -> str:
@@ -45,7 +53,28 @@ def trim(text: str, limit: int) -> str:
 def header(user: str, kind: str, prompt: str) -> str:
     """`@ana imagined: a panda making latte art` (mrkdwn, escaped, within a section's limit)."""
     who = f"<@{user}>" if user else "Someone"
+    ratio = _REFRAMES.get(prompt)
+    if ratio is not None:
+        return f"{who} changed the aspect ratio to {ratio}"
     return trim(f"{who} {_VERBS.get(kind, kind)}: {escape(prompt)}", SECTION_LIMIT)
+
+
+def usage(models: Sequence[str]) -> str:
+    """How to use `/imagine`, with the models on offer when there is a choice."""
+    text = "Usage: `/imagine a panda making latte art --ar 16:9`"
+    if len(models) < 2:
+        return text
+    choices = []
+    for index, model in enumerate(models):
+        info = model_info(model)
+        sizes = f", --size {'/'.join(info.sizes)}" if info.sizes else ""
+        default = ", default" if index == 0 else ""
+        choices.append(f"`{escape(model)}` ({escape(info.label)}{default}{sizes})")
+    return trim(
+        f"Usage: `/imagine a panda making latte art --ar 16:9 --model ID --size 2K`\n"
+        f"Models: {', '.join(choices)}",
+        TEXT_LIMIT,
+    )
 
 
 def _section(text: str) -> Block:
@@ -90,11 +119,37 @@ def status_message(head: str, line: str, *, cancel_job: str | None = None) -> Me
     return trim(f"{head} — {line}", TEXT_LIMIT), blocks
 
 
+def _option(label: str, value: str) -> Block:
+    return {"text": {"type": "plain_text", "text": label}, "value": value}
+
+
+def reframe_select(turn_id: str, ratio: str) -> Block:
+    """📐: every other aspect ratio; each option carries the turn, so it survives restarts."""
+    return {
+        "type": "static_select",
+        "action_id": ACTION_REFRAME,
+        "placeholder": {
+            "type": "plain_text",
+            "text": ":triangular_ruler: Aspect ratio",
+            "emoji": True,
+        },
+        "options": [_option(r, reframe_value(turn_id, r)) for r in ASPECT_RATIOS if r != ratio],
+    }
+
+
 def done_message(
-    head: str, turn_id: str, *, duration: float, ratio: str, notes: Sequence[str] = ()
+    head: str,
+    turn_id: str,
+    *,
+    duration: float,
+    ratio: str,
+    made: str | None = None,
+    notes: Sequence[str] = (),
 ) -> Message:
-    """The outcome: the image is in the thread; Reroll, Edit and Delete act on this turn."""
-    line = f":white_check_mark: Done in {duration:.1f} s · {ratio} · the image is in the thread"
+    """The outcome: the image is in the thread; Reroll, Edit, 📐 and Delete act on this
+    turn. `made` is `bot.catalog.made_with` (model · size · via provider)."""
+    by = f" · {escape(made)}" if made else ""
+    line = f":white_check_mark: Done in {duration:.1f} s · {ratio}{by} · the image is in the thread"
     delete = _button("Delete", ACTION_DELETE, turn_id, style="danger")
     delete["confirm"] = {
         "title": {"type": "plain_text", "text": "Delete this image?"},
@@ -106,6 +161,7 @@ def done_message(
         _button("Reroll", ACTION_REROLL, turn_id),
         _button("Edit", ACTION_EDIT, turn_id, style="primary"),
         delete,
+        reframe_select(turn_id, ratio),
     ]
     blocks = [
         _section(head),
@@ -174,6 +230,37 @@ def edit_modal(target: EditTarget, prompt: str) -> dict[str, Any]:
                     "multiline": True,
                     "max_length": MAX_PROMPT_CHARS,
                     "placeholder": {"type": "plain_text", "text": "make the cup blue --ar 16:9"},
+                },
+            },
+        ],
+    }
+
+
+def image_modal(source: ImageSource) -> dict[str, Any]:
+    """The "Edit image" shortcut's modal: what to make of the message's picture(s)."""
+    count = len(source.files)
+    what = "this image" if count == 1 else f"these {count} images"
+    return {
+        "type": "modal",
+        "callback_id": IMAGE_MODAL,
+        "private_metadata": source.dump(),
+        "title": {"type": "plain_text", "text": "Edit image"},
+        "submit": {"type": "plain_text", "text": "Create"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": EDIT_BLOCK,
+                "label": {"type": "plain_text", "text": f"What should I make of {what}?"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": EDIT_INPUT,
+                    "multiline": True,
+                    "max_length": MAX_PROMPT_CHARS,
+                    "placeholder": {
+                        "type": "plain_text",
+                        "text": "turn it into a watercolor postcard --ar 3:2",
+                    },
                 },
             },
         ],

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from bot.catalog import model_info
+from bot.errors import MAX_REFERENCE_IMAGES, ImagineError
 from bot.inputs import clean_prompt, split_prompt_flags
-from bot.models import JSON, ThreadKey
+from bot.models import ASPECT_RATIOS, JSON, ThreadKey
 
 PLATFORM = "slack"
 
@@ -24,7 +26,13 @@ ACTION_REROLL = "imagine:reroll"
 ACTION_EDIT = "imagine:edit"
 ACTION_DELETE = "imagine:delete"
 ACTION_RETRY = "imagine:retry"
+ACTION_REFRAME = "imagine:reframe"
+"""📐: a `static_select` whose option values are `<turn id>|<ratio>`."""
 EDIT_MODAL = "imagine:edit_modal"
+IMAGE_MODAL = "imagine:image_modal"
+"""The modal of the "Edit image" message shortcut (a new thread from a message's picture)."""
+SHORTCUT_EDIT_IMAGE = "imagine_edit_image"
+"""The message shortcut's `callback_id`, as manifest.yml declares it."""
 EDIT_BLOCK = "instruction"
 EDIT_INPUT = "value"
 
@@ -35,6 +43,9 @@ _REPLY_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 """Message subtypes a person sends; edits, deletes, joins and bot posts are something else."""
 
 _ANGLE = re.compile(r"<([^<>]*)>")
+
+_METADATA_LIMIT = 3000
+"""Slack's limit on a view's `private_metadata`."""
 
 
 # --- text -----------------------------------------------------------------------------------------
@@ -82,6 +93,126 @@ def parse_plain_prompt(text: str | None) -> tuple[str, str | None]:
     return clean_prompt(prompt), ratio
 
 
+# --- --model and --size ---------------------------------------------------------------------------
+
+_FLAG = r"(?:^|(?<=\s))--(?:{names})(?:=(\S*)|(?=\s|$)(?:\s+(?!--)(\S+))?)"
+_MODEL_FLAG = re.compile(_FLAG.format(names="model"), re.IGNORECASE)
+_SIZE_FLAG = re.compile(_FLAG.format(names="size"), re.IGNORECASE)
+_SIZE_VALUE = re.compile(r"\d+k", re.IGNORECASE)
+
+
+class FlagMisused(ImagineError):
+    """`--model` or `--size` with nothing after it, or given twice (worded like `--ar`'s)."""
+
+    code = "bad_flag"
+
+    def __init__(self, flag: str, example: str, *, twice: bool, detail: str | None = None) -> None:
+        self.twice = twice
+        what = "a model id" if flag == "--model" else "a size"
+        super().__init__(
+            f"Give {flag} only once, like {flag} {example}."
+            if twice
+            else f"{flag} needs {what} after it, like {flag} {example}.",
+            detail=detail,
+        )
+
+
+class ModelFixedInThread(ImagineError):
+    """An edit keeps its thread's model and size; `--model`/`--size` only start threads."""
+
+    code = "model_fixed_in_thread"
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "An image thread keeps the model and size it started with. To use another, "
+            "start a new image: /imagine <prompt> --model ID --size 2K.",
+            detail=detail,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a person typed, with its flags taken out (model and size not yet checked)."""
+
+    prompt: str
+    ratio: str | None = None
+    model: str | None = None
+    size: str | None = None
+
+    @property
+    def chose_model(self) -> bool:
+        return self.model is not None or self.size is not None
+
+
+def _take_flag(
+    text: str, pattern: re.Pattern[str], flag: str, example: str
+) -> tuple[str, str | None]:
+    matches = list(pattern.finditer(text))
+    if not matches:
+        return text, None
+    if len(matches) > 1:
+        raise FlagMisused(flag, example, twice=True)
+    match = matches[0]
+    value = match.group(1) if match.group(1) is not None else match.group(2)
+    if not value:
+        raise FlagMisused(flag, example, twice=False)
+    return text[: match.start()] + " " + text[match.end() :], value
+
+
+def parse_request(text: str | None, bot_user_id: str | None = None) -> Asked:
+    """Command text or a message → prompt and `--ar`, `--model`, `--size`; raises the
+    input errors (a flag twice or without a value is one error, like `--ar`)."""
+    return parse_plain_request(slack_to_plain(text, bot_user_id))
+
+
+def parse_plain_request(text: str | None) -> Asked:
+    """Text typed into a modal (not escaped by Slack) → `Asked`."""
+    rest, model = _take_flag(text or "", _MODEL_FLAG, "--model", "gemini-3-pro-image-preview")
+    rest, size = _take_flag(rest, _SIZE_FLAG, "--size", "2K")
+    prompt, ratio = split_prompt_flags(rest)
+    if "\n" not in prompt:
+        prompt = " ".join(prompt.split())
+    if size is not None and _SIZE_VALUE.fullmatch(size):
+        size = size.upper()
+    return Asked(clean_prompt(prompt), ratio, model, size)
+
+
+def _folded(text: str) -> str:
+    return "".join(char for char in text.lower() if char.isalnum())
+
+
+def resolve_model(value: str | None, offered: tuple[str, ...]) -> str | None:
+    """`--model`'s value → one of the offered model ids: the id itself, or, ignoring case
+    and punctuation, an id or label (`Gemini-3-Pro-Image`) or the start of exactly one of
+    them (`gemini-3-pro`). Anything else comes back as typed, for `choose_model` to refuse
+    by name."""
+    if value is None:
+        return None
+    if value in offered:
+        return value
+    key = _folded(value)
+    if not key:
+        return value
+    names = {model: (_folded(model), _folded(model_info(model).label)) for model in offered}
+    exact = [model for model, folded in names.items() if key in folded]
+    if len(exact) == 1:
+        return exact[0]
+    prefixed = [m for m, folded in names.items() if any(f.startswith(key) for f in folded)]
+    return prefixed[0] if len(prefixed) == 1 else value
+
+
+def reframe_value(turn_id: str, ratio: str) -> str:
+    return f"{turn_id}|{ratio}"
+
+
+def parse_reframe_value(value: str | None) -> tuple[str, str] | None:
+    """A 📐 option's value → (turn id, ratio), or None if it is not one of ours."""
+    turn_id, _, ratio = (value or "").partition("|")
+    if not turn_id or ratio not in ASPECT_RATIOS:
+        return None
+    return turn_id, ratio
+
+
 # --- files ----------------------------------------------------------------------------------------
 
 
@@ -109,6 +240,58 @@ class FileRef:
 
 def files_of(event: dict[str, Any]) -> tuple[FileRef, ...]:
     return tuple(FileRef.of(f) for f in event.get("files") or () if isinstance(f, dict))
+
+
+def image_files(message: dict[str, Any]) -> tuple[FileRef, ...]:
+    """The files of a message that are (or may be: a Slack Connect stub says nothing yet)
+    pictures, at most as many as a request takes."""
+    refs = files_of(message)
+    images = (f for f in refs if f.mimetype is None or f.mimetype.lower().startswith("image/"))
+    return tuple(images)[:MAX_REFERENCE_IMAGES]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSource:
+    """The "Edit image" modal's `private_metadata`: the message's channel, its pictures and
+    the shortcut's `response_url` (for private answers where the bot is not a member).
+    Slack gives it back untouched with the submission, so it survives a restart."""
+
+    channel: str
+    message_ts: str
+    files: tuple[FileRef, ...]
+    response_url: str | None = None
+
+    def dump(self) -> str:
+        value = {
+            "channel": self.channel,
+            "ts": self.message_ts,
+            "files": [asdict(f) for f in self.files],
+            "response_url": self.response_url,
+        }
+        text = json.dumps(value, separators=(",", ":"))
+        if len(text) > _METADATA_LIMIT:  # long names and URLs: ids only, files.info completes
+            value["files"] = [{"id": f.id, "name": f.name[:100]} for f in self.files]
+            text = json.dumps(value, separators=(",", ":"))
+        return text
+
+    @classmethod
+    def load(cls, raw: str | None) -> ImageSource | None:
+        try:
+            value = json.loads(raw or "")
+            files = tuple(
+                FileRef(
+                    id=str(f["id"]),
+                    name=str(f.get("name") or "file"),
+                    mimetype=f.get("mimetype") or None,
+                    size=f.get("size") if isinstance(f.get("size"), int) else None,
+                    url=f.get("url") or None,
+                )
+                for f in value["files"]
+            )
+            url = value.get("response_url")
+            return cls(str(value["channel"]), str(value["ts"]), files, str(url) if url else None)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
 
 
 # --- events ---------------------------------------------------------------------------------------

@@ -6,7 +6,14 @@
   mention elsewhere (or a top-level DM) starts a thread. Each message acts once: Slack's
   retries share an `event_id`, a mention's `app_mention` + `message` twins share channel+ts,
   and both are claimed in the store, so this holds across restarts and replicas.
+- `/imagine` and a mention that starts a thread take `--ar`, `--model` and `--size`; the
+  model and size are checked (`core.choose_model`) before anything is posted. A thread keeps
+  them: an edit that asks for another model is refused with a sentence saying so.
 - Buttons carry the action and a turn (or job) id; everything else comes from the store.
+  📐 is a `static_select` whose option values are `<turn id>|<ratio>` (`core.reframe`).
+- The "Edit image" message shortcut opens a modal on any message with a picture; its
+  submission starts a new image thread (a root message in that channel, like `/imagine`)
+  with the picture(s) as references, downloaded with the same checks as an attached file.
 - Team control: every way of asking for an image is prechecked (`core.precheck`) before
   anything is posted, and a refusal is private: inside the ack for `/imagine`, an ephemeral
   message for mentions, thread messages, buttons and the Edit modal. If the exact check
@@ -27,6 +34,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack import blocks
 from adapters.slack.convert import (
@@ -34,34 +42,44 @@ from adapters.slack.convert import (
     ACTION_DELETE,
     ACTION_EDIT,
     ACTION_PREFIX,
+    ACTION_REFRAME,
     ACTION_REROLL,
     ACTION_RETRY,
     EDIT_BLOCK,
     EDIT_MODAL,
     FILE_LINK_PREFIX,
+    IMAGE_MODAL,
     PLATFORM,
+    SHORTCUT_EDIT_IMAGE,
+    Asked,
     Destination,
     EditTarget,
+    ImageSource,
     Inbound,
     Intent,
+    ModelFixedInThread,
+    image_files,
     mention_intent,
     message_intent,
     modal_instruction,
-    parse_plain_prompt,
-    parse_prompt,
+    parse_plain_request,
+    parse_reframe_value,
+    parse_request,
+    resolve_model,
     team_of,
 )
 from adapters.slack.files import SlackFiles
 from adapters.slack.sink import NowhereSink, SlackSink
 from bot import metrics
-from bot.core import EditRequest, ImagineBot, ImagineRequest, ReplySink
+from bot.core import EditRequest, ImagineBot, ImagineRequest, ReplySink, reframe_instruction
 from bot.errors import ImagineError, InternalError, UnknownTurn
+from bot.inputs import check_attachments
 from bot.models import JSON, Job, JobStatus, Thread, ThreadKey, Turn
 from bot.policy import PolicyRefused, Requester
 
 log = logging.getLogger(__name__)
 
-USAGE = "Usage: `/imagine a panda making latte art --ar 16:9`"
+NO_IMAGE = "That message has no image to edit."
 NOT_IN_CHANNEL = (
     "I can't post in this conversation. Invite me first (`/invite @imagine-bot`), "
     "or use `/imagine` in a channel I'm in."
@@ -108,6 +126,8 @@ class SlackHandlers:
         app.event("message")(self.on_message)
         app.action(re.compile("^" + re.escape(ACTION_PREFIX)))(self.on_action)
         app.view(EDIT_MODAL)(self.on_edit_submit)
+        app.shortcut(SHORTCUT_EDIT_IMAGE)(self.on_edit_image)
+        app.view(IMAGE_MODAL)(self.on_image_submit)
 
     def sink_for_job(self, job: Job) -> ReplySink:
         """`core.register_platform` factory: a resumed job answers where it was asked."""
@@ -131,13 +151,15 @@ class SlackHandlers:
         channel = str(command.get("channel_id") or "")
         team = workspace(context, command)
         try:
-            prompt, ratio = parse_prompt(command.get("text"))
+            asked = parse_request(command.get("text"))
+            model, size = self._choose(asked)
         except ImagineError as error:
-            text = f"{blocks.error_text(error.user_message)}\n{USAGE}"
+            text = f"{blocks.error_text(error.user_message)}\n{blocks.usage(self.core.models)}"
             await ack(text=text, response_type="ephemeral")
             metrics.acked(PLATFORM, time.monotonic() - received)
             return
-        refusal = await self._precheck(Requester(PLATFORM, team, channel, user))
+        prompt = asked.prompt
+        refusal = await self._precheck(Requester(PLATFORM, team, channel, user), model, size)
         if refusal is not None:  # say so inside the ack, call nobody
             await ack(text=blocks.error_text(refusal.user_message), response_type="ephemeral")
             metrics.acked(PLATFORM, time.monotonic() - received)
@@ -162,8 +184,10 @@ class SlackHandlers:
             key=ThreadKey(PLATFORM, team, channel, root),
             user_id=user,
             prompt=prompt,
-            aspect_ratio=ratio,
+            aspect_ratio=asked.ratio,
             destination=destination.to_json(),
+            model=model,
+            size=size,
         )
         await self._submit(
             sink,
@@ -219,12 +243,19 @@ class SlackHandlers:
             await tell(blocks.error_text(error.user_message))
             return
         try:
-            prompt, ratio = parse_prompt(inbound.text, bot)
+            asked = parse_request(inbound.text, bot)
+            model: str | None = None
+            size: str | None = None
+            if thread is None:
+                model, size = self._choose(asked)
+            elif asked.chose_model:  # an edit continues on its thread's model and size
+                raise ModelFixedInThread()
             references = await self.files.images(inbound.files)
         except ImagineError as error:
             log.info("refused a Slack message: %s", error)
             await self._reply(inbound.channel, inbound.thread_ts, error)
             return
+        prompt, ratio = asked.prompt, asked.ratio
         head = blocks.header(inbound.user, kind, prompt)
         base = Destination(
             inbound.channel, inbound.thread_ts, inbound.thread_ts, None, inbound.user, inbound.team
@@ -249,6 +280,8 @@ class SlackHandlers:
                 aspect_ratio=ratio,
                 references=references,
                 destination=destination,
+                model=model,
+                size=size,
             )
             await self._submit(sink, lambda: self.core.imagine(new, sink), tell=tell)
 
@@ -279,6 +312,11 @@ class SlackHandlers:
                 await self._delete(value, user)
             elif action_id == ACTION_RETRY:
                 await self._retry(value, user)
+            elif action_id == ACTION_REFRAME:
+                chosen = parse_reframe_value((action.get("selected_option") or {}).get("value"))
+                if chosen is None:
+                    raise UnknownTurn(detail=f"unreadable 📐 option in {action!r}")
+                await self._reframe(*chosen, user)
         except ImagineError as error:
             log.info("refused %s by %s: %s", action_id, user, error)
             await self._ephemeral(channel, user, error, container.get("thread_ts"))
@@ -293,6 +331,17 @@ class SlackHandlers:
             user,
             blocks.header(user, "reroll", turn.prompt),
             lambda sink, destination: self.core.reroll(turn_id, user, sink, destination),
+        )
+
+    async def _reframe(self, turn_id: str, ratio: str, user: str) -> None:
+        """📐: the turn's picture recomposed at `ratio`, an edit of it in its thread."""
+        _, thread = await self._turn_and_thread(turn_id)
+        await self.core.precheck(requester(thread.key, user))
+        await self._start_in_thread(
+            thread,
+            user,
+            blocks.header(user, "edit", reframe_instruction(ratio)),
+            lambda sink, destination: self.core.reframe(turn_id, ratio, user, sink, destination),
         )
 
     async def _retry(self, job_id: str, user: str) -> None:
@@ -373,7 +422,10 @@ class SlackHandlers:
         try:
             if target is None:
                 raise UnknownTurn(detail="edit modal without readable private_metadata")
-            instruction, ratio = parse_plain_prompt(modal_instruction(view))
+            asked = parse_plain_request(modal_instruction(view))
+            if asked.chose_model:
+                raise ModelFixedInThread()
+            instruction, ratio = asked.prompt, asked.ratio
         except ImagineError as error:
             await ack(
                 response_action="errors",
@@ -409,13 +461,127 @@ class SlackHandlers:
         )
         await self._submit(sink, lambda: self.core.edit(request, sink), tell=tell)
 
+    # --- the "Edit image" message shortcut -------------------------------------------------------
+
+    async def on_edit_image(
+        self, ack: AsyncAck, shortcut: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        """On anyone's message with a picture: ask what to make of it (a modal), unless the
+        message has none or the user would be refused anyway (then say so privately)."""
+        received = time.monotonic()
+        await ack()
+        metrics.acked(PLATFORM, time.monotonic() - received)
+        user = str((shortcut.get("user") or {}).get("id") or "")
+        channel = str((shortcut.get("channel") or {}).get("id") or "")
+        message = shortcut.get("message") or {}
+        response_url = str(shortcut.get("response_url") or "") or None
+        thread_ts = str(message.get("thread_ts") or "") or None
+
+        async def tell(text: str) -> None:
+            await self._tell(response_url, channel, user, text, thread_ts)
+
+        refs = image_files(message)
+        if not refs:
+            await tell(blocks.error_text(NO_IMAGE))
+            return
+        try:
+            check_attachments([(f.name, f.mimetype, f.size) for f in refs])
+        except ImagineError as error:
+            await tell(blocks.error_text(error.user_message))
+            return
+        refusal = await self._precheck(
+            Requester(PLATFORM, workspace(context, shortcut), channel, user)
+        )
+        if refusal is not None:  # before the user types a prompt that could not run
+            await tell(blocks.error_text(refusal.user_message))
+            return
+        source = ImageSource(channel, str(message.get("ts") or ""), refs, response_url)
+        try:
+            await self.client.views_open(
+                trigger_id=str(shortcut.get("trigger_id") or ""), view=blocks.image_modal(source)
+            )
+        except SlackApiError as exc:
+            log.warning("opening the Edit image modal failed: %s", exc.response.get("error"))
+
+    async def on_image_submit(
+        self,
+        ack: AsyncAck,
+        body: dict[str, Any],
+        view: dict[str, Any],
+        context: AsyncBoltContext,
+    ) -> None:
+        """A new image thread, like `/imagine`, with the message's picture(s) as references:
+        a root message in the message's channel, the image in its thread."""
+        user = str((body.get("user") or {}).get("id") or "")
+        source = ImageSource.load(view.get("private_metadata"))
+        try:
+            if source is None:
+                raise InternalError(detail="image modal without readable private_metadata")
+            asked = parse_plain_request(modal_instruction(view))
+            model, size = self._choose(asked)
+        except ImagineError as error:
+            await ack(
+                response_action="errors",
+                errors={EDIT_BLOCK: blocks.trim(error.user_message, 150)},
+            )
+            return
+        team = workspace(context, body)
+        channel = source.channel
+
+        async def tell(text: str) -> None:
+            await self._tell(source.response_url, channel, user, text, None)
+
+        refusal = await self._precheck(Requester(PLATFORM, team, channel, user), model, size)
+        await ack()
+        if refusal is not None:  # not the text's fault: the form closes, the reason is private
+            await tell(blocks.error_text(refusal.user_message))
+            return
+        try:  # the same checked download as an attached file: not an image, too large…
+            references = await self.files.images(source.files)
+        except ImagineError as error:
+            log.info("refused the pictures of %s: %s", source.message_ts, error)
+            await tell(blocks.error_text(error.user_message))
+            return
+        head = blocks.header(user, "imagine", asked.prompt)
+        try:
+            text, content = blocks.status_message(head, STARTING)
+            posted = await self.client.chat_postMessage(channel=channel, text=text, blocks=content)
+        except SlackApiError as exc:
+            code = str(exc.response.get("error") or "")
+            log.warning("posting the Edit image root in %s failed: %s", channel, code)
+            missing = code in ("not_in_channel", "channel_not_found", "is_archived")
+            await tell(
+                blocks.error_text(NOT_IN_CHANNEL if missing else InternalError().user_message)
+            )
+            return
+        root = str(posted["ts"])
+        destination = Destination(channel, root, root, root, user, team)
+        sink = self._sink(destination, head)
+        request = ImagineRequest(
+            key=ThreadKey(PLATFORM, team, channel, root),
+            user_id=user,
+            prompt=asked.prompt,
+            aspect_ratio=asked.ratio,
+            references=references,
+            destination=destination.to_json(),
+            model=model,
+            size=size,
+        )
+        await self._submit(sink, lambda: self.core.imagine(request, sink), tell=tell)
+
     # --- helpers ----------------------------------------------------------------------------------
 
-    async def _precheck(self, who: Requester) -> ImagineError | None:
+    def _choose(self, asked: Asked) -> tuple[str, str | None]:
+        """The model and size a new thread runs on, or the sentence refusing them."""
+        return self.core.choose_model(resolve_model(asked.model, self.core.models), asked.size)
+
+    async def _precheck(
+        self, who: Requester, model: str | None = None, size: str | None = None
+    ) -> ImagineError | None:
         """Why `who` would be refused now, if they would: before an ack, which must come
         whatever happens (a broken database is an apology, not a silent timeout)."""
         try:
-            await self.core.precheck(who)
+            await self.core.precheck(who, model, size)
         except ImagineError as error:
             log.info("refused %s in %s: %s", who.user, who.channel, error)
             return error
@@ -501,6 +667,23 @@ class SlackHandlers:
             )
         except SlackApiError as exc:
             log.warning("could not tell %s: %s", user, exc.response.get("error"))
+
+    async def _tell(
+        self, response_url: str | None, channel: str, user: str, text: str, thread_ts: str | None
+    ) -> None:
+        """Privately, through a shortcut's `response_url` (it works where the bot is not a
+        member), else as an ephemeral message."""
+        if response_url:
+            try:
+                answer = await AsyncWebhookClient(response_url).send(
+                    text=text, response_type="ephemeral"
+                )
+                if answer.status_code == 200:
+                    return
+                log.warning("a response_url answered %s", answer.status_code)
+            except Exception as exc:
+                log.warning("could not answer through a response_url: %r", exc)
+        await self._whisper(channel, user, text, thread_ts)
 
     async def _respond(self, respond: AsyncRespond, text: str) -> None:
         try:

@@ -2,7 +2,8 @@
 
 Progress edits the job's status message (`chat.update`, at most about once a second; the
 core's ticker already paces itself), the image is uploaded into the thread with
-`files_upload_v2`, and the status message then shows the outcome and its buttons.
+`files_upload_v2`, and the status message then shows the outcome (what made it: model,
+size, provider) and its buttons.
 A lock keeps the updates in order, so a slow progress edit never lands after the outcome.
 """
 
@@ -17,6 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import blocks
 from adapters.slack.convert import FILE_LINK_PREFIX, PLATFORM, Destination
+from bot.catalog import made_with
 from bot.core import Delivery, ImagineBot, Phase, Progress
 from bot.errors import Cancelled, ImagineError
 from bot.models import Job
@@ -93,6 +95,7 @@ class SlackSink:
                 turn.id,
                 duration=turn.duration_s,
                 ratio=turn.aspect_ratio,
+                made=made_with(turn.model, turn.size, turn.provider),
                 notes=delivery.notes,
             )
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,48 @@ def block_action(
     }
 
 
-def view_submission(private_metadata: str, text: str, *, user: str) -> dict[str, Any]:
+def select_action(
+    action_id: str, value: str, *, user: str, channel: str = "C1", message_ts: str = ""
+) -> dict[str, Any]:
+    """A `static_select` choice in a message, as Slack sends it."""
+    payload = block_action(action_id, "", user=user, channel=channel, message_ts=message_ts)
+    payload["actions"] = [
+        {
+            "type": "static_select",
+            "action_id": action_id,
+            "block_id": "b",
+            "selected_option": {"text": {"type": "plain_text", "text": "x"}, "value": value},
+            "action_ts": "1.3",
+        }
+    ]
+    return payload
+
+
+def message_shortcut(
+    message: dict[str, Any],
+    *,
+    user: str = "U1",
+    channel: str = "C1",
+    callback_id: str = "imagine_edit_image",
+) -> dict[str, Any]:
+    """A message shortcut ("⋮ → Edit image" on `message`), as Slack sends it."""
+    return {
+        "type": "message_action",
+        "callback_id": callback_id,
+        "trigger_id": "trig.shortcut",
+        "team": {"id": TEAM, "domain": "test"},
+        "user": {"id": user, "team_id": TEAM, "name": user.lower()},
+        "channel": {"id": channel, "name": "general"},
+        "message_ts": message["ts"],
+        "message": message,
+        "response_url": "{base}/response/shortcut",
+        "action_ts": "1.4",
+    }
+
+
+def view_submission(
+    private_metadata: str, text: str, *, user: str, callback_id: str = "imagine:edit_modal"
+) -> dict[str, Any]:
     return {
         "type": "view_submission",
         "team": {"id": TEAM, "domain": "test"},
@@ -146,7 +187,7 @@ def view_submission(private_metadata: str, text: str, *, user: str) -> dict[str,
         "view": {
             "id": "V1",
             "type": "modal",
-            "callback_id": "imagine:edit_modal",
+            "callback_id": callback_id,
             "private_metadata": private_metadata,
             "state": {
                 "values": {"instruction": {"value": {"type": "plain_text_input", "value": text}}}
@@ -303,6 +344,7 @@ async def launch(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[Launch]:
         socket_mode: bool = False,
         db: str = "bot.db",
         team: TeamSettings | None = None,
+        models: Sequence[str] = (),
     ) -> Bot:
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
@@ -315,7 +357,7 @@ async def launch(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[Launch]:
         )
         store = await open_store(f"sqlite:///{tmp_path / db}")
         provider = provider or DemoProvider()
-        core = ImagineBot(store, provider, model=MODEL, team=team)
+        core = ImagineBot(store, provider, model=MODEL, team=team, models=models)
         adapter = SlackAdapter(core, settings)
         await core.start()
         await core.resume_unfinished()

@@ -54,10 +54,16 @@ async def test_slash_command_acks_fast_then_posts_root_and_uploads_into_its_thre
     assert uploaded == (await bot.image(turn)).data  # the provider's exact bytes
 
     final = await slack.wait_for(lambda: "done" in root.text and root)
-    assert action_ids(final) == ["imagine:reroll", "imagine:edit", "imagine:delete"]
-    assert all(
-        e["value"] == turn.id for b in final.blocks if b["type"] == "actions" for e in b["elements"]
-    )
+    assert action_ids(final) == [
+        "imagine:reroll",
+        "imagine:edit",
+        "imagine:delete",
+        "imagine:reframe",
+    ]
+    elements = [e for b in final.blocks if b["type"] == "actions" for e in b["elements"]]
+    assert all(e["value"] == turn.id for e in elements if e["type"] == "button")
+    (ratios,) = [e for e in elements if e["type"] == "static_select"]  # 📐
+    assert all(o["value"].startswith(turn.id + "|") for o in ratios["options"])
     # progress went through chat.update on the root, with a Cancel button while running
     updates = [parse_blocks(c.params.get("blocks")) for c in slack.api("chat.update")]
     assert any(

@@ -63,7 +63,12 @@ async def test_a_provider_outage_offers_retry_and_it_works_after_a_restart(
         lambda: next((m for m in slack.replies(root.ts) if "done" in m.text), None)
     )
     assert status_message.text.startswith("<@U2> imagined: a robot in the rain")
-    assert action_ids(status_message) == ["imagine:reroll", "imagine:edit", "imagine:delete"]
+    assert action_ids(status_message) == [
+        "imagine:reroll",
+        "imagine:edit",
+        "imagine:delete",
+        "imagine:reframe",
+    ]
     assert action_ids(root) == ["imagine:retry"]  # the failure stays as it was
 
 
