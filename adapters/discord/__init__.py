@@ -7,7 +7,7 @@ shutdown, `close()`. Everything else here is the adapter's own business.
 from __future__ import annotations
 
 from .client import DiscordAdapter, DiscordStartError, intents
-from .convert import BOT_PERMISSIONS, SCOPES, invite_url
+from .convert import BOT_PERMISSIONS, SCOPES, invite_url, user_install_url
 
 __all__ = [
     "BOT_PERMISSIONS",
@@ -16,4 +16,5 @@ __all__ = [
     "DiscordStartError",
     "intents",
     "invite_url",
+    "user_install_url",
 ]

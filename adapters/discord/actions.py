@@ -1,8 +1,11 @@
-"""What the buttons and the Edit modal do. Every handler answers Discord first.
+"""What the buttons, the 📐 menu and the Edit modal do. Every handler answers Discord first.
 
-Reroll and Edit look the turn up within a small budget so a deleted image gets an
+Reroll, 📐 and Edit look the turn up within a small budget so a deleted image gets an
 ephemeral explanation instead of a modal or a "thinking…" message; Delete, Cancel and
 Retry defer at once and do their work after (the core says whether a job can be retried).
+Everything answers through the interaction (its response, `@original`, followups), so it
+all works where the bot user can't post: a user install in a server without the bot, a
+group DM.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import discord
 
 from bot.core import EditRequest
 from bot.errors import ImagineError, InternalError, UnknownTurn
+from bot.inputs import parse_aspect_ratio
 from bot.models import JSON, Job
 
 from .buttons import instruction_modal
@@ -24,8 +28,10 @@ from .convert import (
     EDIT,
     EDIT_MODAL,
     PLATFORM,
+    REFRAME,
     REROLL,
     RETRY,
+    bot_in_channel,
     custom_id,
     error_text,
     interaction_destination,
@@ -77,6 +83,29 @@ async def reroll(runtime: Runtime, interaction: discord.Interaction[Any], turn_i
         interaction,
         lambda sink, destination: runtime.core.reroll(
             turn_id, user, sink, destination=destination, roles=roles
+        ),
+    )
+
+
+async def reframe(runtime: Runtime, interaction: discord.Interaction[Any], turn_id: str) -> None:
+    """📐: the chosen aspect ratio (the select's value) of the same picture, answered like a
+    Reroll: a new result message, refused privately at once when team control would."""
+    data: Any = interaction.data or {}
+    values = data.get("values") or [""]
+    try:
+        ratio = parse_aspect_ratio(str(values[0])) or ""
+    except ImagineError as error:
+        await send_error(interaction, error)
+        return
+    if not await turn_is_known(runtime, turn_id):
+        await send_error(interaction, UnknownTurn(detail=f"reframe of {turn_id}"))
+        return
+    user, roles = str(interaction.user.id), interaction_requester(interaction).roles
+    await start_job(
+        runtime,
+        interaction,
+        lambda sink, destination: runtime.core.reframe(
+            turn_id, ratio, user, sink, destination=destination, roles=roles
         ),
     )
 
@@ -137,6 +166,9 @@ async def submit_edit(
 
 async def delete(runtime: Runtime, interaction: discord.Interaction[Any], turn_id: str) -> None:
     """Only the requester or someone with Manage Messages; the answer is private."""
+    if not bot_in_channel(interaction):
+        await _delete_through_interaction(runtime, interaction, turn_id)
+        return
     await interaction.response.defer(ephemeral=True, thinking=True)
     try:
         turn = await runtime.core.delete(
@@ -158,6 +190,23 @@ async def delete(runtime: Runtime, interaction: discord.Interaction[Any], turn_i
         await interaction.edit_original_response(content=DELETED_TEXT)
     except Exception as exc:
         await _answer_privately(interaction, exc)
+
+
+async def _delete_through_interaction(
+    runtime: Runtime, interaction: discord.Interaction[Any], turn_id: str
+) -> None:
+    """Where the bot user can't delete messages (user install, group DM): the click's own
+    deferred update makes the image's message this interaction's `@original`, which its
+    webhook may delete. The answer is an ephemeral followup."""
+    await interaction.response.defer()
+    try:
+        await runtime.core.delete(
+            turn_id, str(interaction.user.id), moderator=_is_moderator(interaction)
+        )
+        await interaction.delete_original_response()
+        await interaction.followup.send(DELETED_TEXT, ephemeral=True)
+    except Exception as exc:
+        await report(interaction, exc)
 
 
 async def cancel(runtime: Runtime, interaction: discord.Interaction[Any], job_id: str) -> None:
@@ -187,6 +236,7 @@ async def _answer_privately(interaction: discord.Interaction[Any], exc: Exceptio
 
 ACTIONS: dict[str, ActionHandler] = {
     REROLL: reroll,
+    REFRAME: reframe,
     EDIT: open_edit_modal,
     EDIT_MODAL: submit_edit,
     DELETE: delete,

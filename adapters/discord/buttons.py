@@ -1,8 +1,9 @@
-"""Buttons that survive restarts, and the instruction modal.
+"""Buttons and the 📐 menu that survive restarts, and the instruction modal.
 
-Each button is a discord.py `DynamicItem`: its custom id carries the action and the turn
-(or job) id, and `client.add_dynamic_items` at start-up lets any process rebuild it from a
-click. The button only knows its action's name; the handler is looked up in the runtime.
+Each button (and the 📐 aspect ratio select) is a discord.py `DynamicItem`: its custom id
+carries the action and the turn (or job) id, and `client.add_dynamic_items` at start-up lets
+any process rebuild it from a click. The item only knows its action's name; the handler is
+looked up in the runtime (the select's chosen ratio travels in the interaction's `values`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from typing import Any
 
 import discord
 
+from bot.models import ASPECT_RATIOS
+
 from .convert import (
     CANCEL,
     DELETE,
     EDIT,
     INSTRUCTION_FIELD,
+    REFRAME,
     REROLL,
     RETRY,
     custom_id,
@@ -38,13 +42,14 @@ class _ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(
     emoji = ""
     style = discord.ButtonStyle.secondary
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, row: int | None = None) -> None:
         super().__init__(
             discord.ui.Button(
                 style=self.style,
                 label=self.label,
                 emoji=self.emoji,
                 custom_id=custom_id(self.action, target),
+                row=row,
             )
         )
         self.target = target
@@ -88,20 +93,74 @@ class RetryButton(_ActionButton, template=template(RETRY)):
     action, label, emoji = RETRY, "Retry", "🔁"
 
 
-DYNAMIC_ITEMS: tuple[type[_ActionButton], ...] = (
+REFRAME_PLACEHOLDER = "📐 Aspect ratio"
+
+
+def ratio_shape(ratio: str) -> str:
+    """`16:9` → "Landscape": a word for the menu, so a ratio reads at a glance."""
+    width, _, height = ratio.partition(":")
+    if not (width.isdigit() and height.isdigit()) or int(width) == int(height):
+        return "Square"
+    return "Landscape" if int(width) > int(height) else "Portrait"
+
+
+class ReframeSelect(discord.ui.DynamicItem[discord.ui.Select[Any]], template=template(REFRAME)):
+    """📐: the other aspect ratios of a finished image; choosing one recomposes it.
+
+    One select per action row (Discord's rule), at most 25 options (there are 9).
+    """
+
+    def __init__(self, target: str, current: str | None = None, *, row: int | None = None) -> None:
+        ratios = [ratio for ratio in ASPECT_RATIOS if ratio != current]
+        super().__init__(
+            discord.ui.Select(
+                custom_id=custom_id(REFRAME, target),
+                placeholder=REFRAME_PLACEHOLDER,
+                min_values=1,
+                max_values=1,
+                options=[
+                    discord.SelectOption(label=ratio, value=ratio, description=ratio_shape(ratio))
+                    for ratio in ratios[:25]
+                ],
+                row=row,
+            )
+        )
+        self.target = target
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> ReframeSelect:
+        return cls(match["id"])
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        return await runtime_of(interaction.client).claim_interaction(interaction)
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await runtime_of(interaction.client).run_action(REFRAME, interaction, self.target)
+
+
+DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     RerollButton,
     EditButton,
     DeleteButton,
     CancelButton,
     RetryButton,
+    ReframeSelect,
 )
 
 
-def turn_view(turn_id: str) -> discord.ui.View:
-    """The buttons under a finished image."""
+def turn_view(turn_id: str, aspect_ratio: str | None = None) -> discord.ui.View:
+    """Under a finished image: Reroll, Edit, Delete in the first row (5 fit), the 📐 menu
+    of the other aspect ratios in a row of its own."""
     view = discord.ui.View(timeout=None)
     for button in (RerollButton, EditButton, DeleteButton):
-        view.add_item(button(turn_id))
+        view.add_item(button(turn_id, row=0))
+    view.add_item(ReframeSelect(turn_id, aspect_ratio, row=1))
     return view
 
 

@@ -39,7 +39,14 @@ from . import commands, replies, team
 from .actions import ACTIONS
 from .buttons import DYNAMIC_ITEMS
 from .commands import submit_image_modal
-from .convert import EDIT_MODAL, NEW_MODAL, PLATFORM, invite_url, parse_custom_id
+from .convert import (
+    EDIT_MODAL,
+    NEW_MODAL,
+    PLATFORM,
+    invite_url,
+    parse_custom_id,
+    user_install_url,
+)
 from .respond import report
 from .runtime import RUNTIME_ATTRIBUTE, Runtime, runtime_of
 from .sink import sink_factory
@@ -178,6 +185,7 @@ class DiscordAdapter:
         team.install(self.client.tree, self.runtime)
         core.register_platform(PLATFORM, sink_factory(self.runtime))
         self.invite_url: str | None = None
+        self.user_install_url: str | None = None
         self._ready_timeout = ready_timeout
         self._gateway: asyncio.Task[None] | None = None
         self._login_started = False
@@ -198,8 +206,13 @@ class DiscordAdapter:
             raise
         assert self.client.application_id is not None
         self.invite_url = invite_url(self.client.application_id)
+        self.user_install_url = user_install_url(self.client.application_id)
         log.info(
-            "Discord: logged in as %s; invite the bot with %s", self.client.user, self.invite_url
+            "Discord: logged in as %s; invite the bot with %s; add it to your own account "
+            "(User Install enabled in the developer portal) with %s",
+            self.client.user,
+            self.invite_url,
+            self.user_install_url,
         )
         self.runtime.ready.set()
 

@@ -1,19 +1,27 @@
 """`/imagine` and the "Edit image" message command.
 
-Both check what is instant (prompt, aspect ratio, attachment metadata) before answering —
-errors then go back as ephemeral messages — and defer before any download, database write
-or provider call, so Discord's 3 s deadline holds however long the queue is.
+Both check what is instant (prompt, aspect ratio, model and size, attachment metadata)
+before answering — errors then go back as ephemeral messages — and defer before any
+download, database write or provider call, so Discord's 3 s deadline holds however long the
+queue is.
+
+`/imagine` is built at start-up from the core: its `model` option is there when
+`IMAGINE_MODELS` offers more than one model, its `size` option when one of them has sizes.
+Both commands (and `/usage`) can be installed to a server or to a user's account and run in
+servers, the bot's DMs and private channels (`USER_INSTALL_*`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import discord
 from discord import app_commands
 
+from bot.catalog import SIZES, model_info
 from bot.core import ImagineRequest
 from bot.errors import MAX_PROMPT_CHARS, MAX_REFERENCE_IMAGES, ImagineError
 from bot.inputs import clean_prompt, parse_aspect_ratio
@@ -23,6 +31,7 @@ from . import attachments
 from .buttons import instruction_modal
 from .convert import (
     NEW_MODAL,
+    clip,
     custom_id,
     error_text,
     interaction_destination,
@@ -40,6 +49,53 @@ log = logging.getLogger(__name__)
 
 NO_IMAGE_TEXT = "That message has no image to edit. Use “Edit image” on a message with a picture."
 RATIO_CHOICES = [app_commands.Choice(name=ratio, value=ratio) for ratio in ASPECT_RATIOS]
+SIZE_CHOICES = [app_commands.Choice(name=size, value=size) for size in SIZES]
+
+USER_INSTALL_INSTALLS: Final = app_commands.AppInstallationType(guild=True, user=True)
+"""integration_types [0, 1]: installable to a server and to a user's account."""
+USER_INSTALL_CONTEXTS: Final = app_commands.AppCommandContext(
+    guild=True, dm_channel=True, private_channel=True
+)
+"""contexts [0, 1, 2]: servers, DMs with the bot, DMs and group DMs between users."""
+
+IMAGINE_DESCRIPTIONS: Final = {
+    "prompt": "What to draw",
+    "aspect_ratio": "Shape of the image (default 1:1)",
+    "image": "A reference image (PNG, JPEG, WebP, HEIC)",
+    "image2": "A second reference image",
+    "image3": "A third reference image",
+    "model": "Which model draws it",
+    "size": "Output size, for models that offer it (default 1K)",
+}
+
+
+def model_choices(models: Sequence[str]) -> list[app_commands.Choice[str]]:
+    """The offered models by name (`Gemini 3 Pro Image`), the default first."""
+    return [
+        app_commands.Choice(name=clip(model_info(model).label, 100), value=model)
+        for model in models[:25]
+    ]
+
+
+def offers_sizes(models: Sequence[str]) -> bool:
+    return any(model_info(model).sizes for model in models)
+
+
+def imagine_description(models: Sequence[str]) -> str:
+    label = model_info(models[0]).label if models else "Gemini"
+    more = " or another model" if len(models) > 1 else ""
+    return clip(f"Create an image with {label}{more}", 100)
+
+
+Installable = TypeVar("Installable", app_commands.Command[Any, ..., None], app_commands.ContextMenu)
+
+
+def user_installable(command: Installable) -> Installable:
+    """Installable to servers and user accounts, usable in servers, the bot's DMs and
+    private channels (Discord checks this; nothing to check on our side)."""
+    command.allowed_installs = USER_INSTALL_INSTALLS
+    command.allowed_contexts = USER_INSTALL_CONTEXTS
+    return command
 
 
 async def start_imagine(
@@ -48,23 +104,27 @@ async def start_imagine(
     prompt: str,
     aspect_ratio: str | None,
     refs: Sequence[AttachmentRef],
+    model: str | None = None,
+    size: str | None = None,
 ) -> None:
     """Validate (instant), check team control (a quick read), defer, download, hand the
     job to the core. A refusal is ephemeral and calls no provider."""
     try:
         clean_prompt(prompt)
         parse_aspect_ratio(aspect_ratio)
+        chosen_model, chosen_size = runtime.core.choose_model(model, size)
         attachments.check(refs, runtime.cdn_hosts)
     except ImagineError as error:
         await interaction.response.send_message(error_text(error), ephemeral=True)
         acked(interaction)
         return
-    if await refused_at_once(runtime, interaction, interaction_requester(interaction)):
+    who = interaction_requester(interaction)
+    if await refused_at_once(runtime, interaction, who, chosen_model, chosen_size):
         return
     await interaction.response.defer(thinking=True)
     acked(interaction)
     try:
-        await _imagine(runtime, interaction, prompt, refs, aspect_ratio)
+        await _imagine(runtime, interaction, prompt, refs, aspect_ratio, model, size)
     except Exception as exc:
         await report(interaction, exc)
 
@@ -75,6 +135,8 @@ async def _imagine(
     prompt: str,
     refs: Sequence[AttachmentRef],
     aspect_ratio: str | None = None,
+    model: str | None = None,
+    size: str | None = None,
 ) -> None:
     """After the defer: download the references and start a new thread answering here."""
     images = await attachments.download(runtime.http(), refs, runtime.cdn_hosts)
@@ -87,6 +149,8 @@ async def _imagine(
         references=images,
         destination=destination.to_json(),
         roles=interaction_requester(interaction).roles,
+        model=model,
+        size=size,
     )
     await runtime.core.imagine(request, DiscordSink(runtime, destination))
 
@@ -150,24 +214,17 @@ async def _refetch(runtime: Runtime, target: str) -> tuple[AttachmentRef, ...]:
     channel = runtime.client.get_partial_messageable(channel_id)
     try:
         message = await channel.fetch_message(message_id)
-    except discord.NotFound:
+    except (discord.NotFound, discord.Forbidden):  # gone, or a channel the bot can't read
         return ()
     refs = (AttachmentRef.of(a) for a in message.attachments)
     return tuple(ref for ref in refs if attachments.looks_like_image(ref))[:MAX_REFERENCE_IMAGES]
 
 
-def install(tree: app_commands.CommandTree[Any], runtime: Runtime) -> None:
-    """Add `/imagine` and "Edit image" to the tree (synced at start-up)."""
+def imagine_command(runtime: Runtime) -> app_commands.Command[Any, ..., None]:
+    """`/imagine` for the models the core offers: `model` only when there is a choice,
+    `size` only when an offered model has sizes (Discord shows every option it is sent)."""
+    models = runtime.core.models
 
-    @app_commands.command(name="imagine", description="Create an image with Gemini 2.5 Flash Image")
-    @app_commands.describe(
-        prompt="What to draw",
-        aspect_ratio="Shape of the image (default 1:1)",
-        image="A reference image (PNG, JPEG, WebP, HEIC)",
-        image2="A second reference image",
-        image3="A third reference image",
-    )
-    @app_commands.choices(aspect_ratio=RATIO_CHOICES)
     async def imagine(
         interaction: discord.Interaction[Any],
         prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
@@ -175,13 +232,45 @@ def install(tree: app_commands.CommandTree[Any], runtime: Runtime) -> None:
         image: discord.Attachment | None = None,
         image2: discord.Attachment | None = None,
         image3: discord.Attachment | None = None,
+        model: app_commands.Choice[str] | None = None,
+        size: app_commands.Choice[str] | None = None,
     ) -> None:
         refs = [AttachmentRef.of(a) for a in (image, image2, image3) if a is not None]
-        ratio = aspect_ratio.value if aspect_ratio is not None else None
-        await start_imagine(runtime, interaction, prompt, ratio, refs)
+        await start_imagine(
+            runtime,
+            interaction,
+            prompt,
+            aspect_ratio.value if aspect_ratio is not None else None,
+            refs,
+            model.value if model is not None else None,
+            size.value if size is not None else None,
+        )
+
+    choices: dict[str, list[app_commands.Choice[str]]] = {"aspect_ratio": RATIO_CHOICES}
+    if len(models) > 1:
+        choices["model"] = model_choices(models)
+    if offers_sizes(models):
+        choices["size"] = SIZE_CHOICES
+    dropped = {"model", "size"} - set(choices)
+    # discord.py reads the options from the callback's signature: leave out the absent ones
+    signature = inspect.signature(imagine)
+    kept = [p for p in signature.parameters.values() if p.name not in dropped]
+    setattr(imagine, "__signature__", signature.replace(parameters=kept))  # noqa: B010
+    described = {k: v for k, v in IMAGINE_DESCRIPTIONS.items() if k not in dropped}
+    callback = app_commands.choices(**choices)(app_commands.describe(**described)(imagine))
+    command: app_commands.Command[Any, ..., None] = app_commands.Command(
+        name="imagine", description=imagine_description(models), callback=callback
+    )
+    return user_installable(command)
+
+
+def install(tree: app_commands.CommandTree[Any], runtime: Runtime) -> None:
+    """Add `/imagine` and "Edit image" to the tree (synced at start-up)."""
 
     async def edit_image(interaction: discord.Interaction[Any], message: discord.Message) -> None:
         await open_image_modal(runtime, interaction, message)
 
-    tree.add_command(imagine)
-    tree.add_command(app_commands.ContextMenu(name="Edit image", callback=edit_image))
+    tree.add_command(imagine_command(runtime))
+    tree.add_command(
+        user_installable(app_commands.ContextMenu(name="Edit image", callback=edit_image))
+    )

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import discord
 
+from bot.catalog import made_with
 from bot.core import Phase, Progress
 from bot.errors import ImagineError
 from bot.models import JSON, Job, ThreadKey, Turn, TurnKind
@@ -52,6 +53,7 @@ EDIT: Final = "edit"
 DELETE: Final = "delete"
 CANCEL: Final = "cancel"
 RETRY: Final = "retry"
+REFRAME: Final = "reframe"
 EDIT_MODAL: Final = "edit-modal"
 NEW_MODAL: Final = "new-modal"
 INSTRUCTION_FIELD: Final = "instruction"
@@ -123,12 +125,17 @@ class Destination:
     upload_limit: int | None = None
     """Bytes one attachment may have here (the interaction's `attachment_size_limit`, or
     the server's limit for a reply); `DEFAULT_UPLOAD_LIMIT` when unknown."""
+    bot_absent: bool = False
+    """The bot user cannot post in this channel (a user-installed command in a server
+    without the bot, a group DM): answers go through the interaction webhook only."""
 
     def to_json(self) -> dict[str, Any]:
         """Ids as strings: snowflakes do not survive every JSON reader as numbers."""
+        fields = asdict(self)
+        fields["bot_absent"] = self.bot_absent or None  # only where it matters
         return {
-            key: (str(value) if isinstance(value, int) else value)
-            for key, value in asdict(self).items()
+            key: (str(value) if isinstance(value, int) and not isinstance(value, bool) else value)
+            for key, value in fields.items()
             if value is not None
         }
 
@@ -158,6 +165,7 @@ class Destination:
             token_created_at=float(created) if isinstance(created, int | float) else None,
             reply_to=snowflake("reply_to"),
             upload_limit=snowflake("upload_limit"),
+            bot_absent=data.get("bot_absent") is True,
         )
 
     def token_usable(self, now: float) -> bool:
@@ -338,7 +346,7 @@ def caption(turn: Turn, notes: Sequence[str] = ()) -> Caption:
     label = _KIND_LABEL.get(turn.kind, "Prompt")
     description = clip(f"**{label}:** {plain(turn.prompt)}", 3000)
     fields: list[tuple[str, str]] = [
-        ("Model", clip(turn.model, 200)),
+        ("Model", clip(made_with(turn.model, turn.size, turn.provider), 200)),
         ("Aspect ratio", turn.aspect_ratio),
         ("Time", f"{turn.duration_s:.1f} s"),
         ("Requested by", f"<@{turn.user_id}>" if turn.user_id.isdigit() else "?"),
@@ -390,6 +398,36 @@ def invite_url(application_id: int | str) -> str:
     return discord.utils.oauth_url(int(application_id), permissions=BOT_PERMISSIONS, scopes=SCOPES)
 
 
+def user_install_url(application_id: int | str) -> str:
+    """The link anyone opens to add the app to their own account (user install): the
+    commands then work wherever they are, without the bot user (so no permissions)."""
+    return (
+        f"https://discord.com/oauth2/authorize?client_id={int(application_id)}"
+        "&integration_type=1&scope=applications.commands"
+    )
+
+
+GUILD_INSTALL: Final = 0
+USER_INSTALL: Final = 1
+
+
+def bot_in_channel(interaction: discord.Interaction[Any]) -> bool:
+    """Whether the bot user can post in the interaction's channel.
+
+    Not in a group DM or a DM between other people (context 2), nor in a server reached only
+    through a user install (`authorizing_integration_owners` without the guild install
+    "0"); there the interaction webhook is the only way to answer. A DM with the bot
+    (context 1), a guild install, and payloads without these fields are the bot's own.
+    """
+    context = interaction.context
+    if context.private_channel:
+        return False
+    if context.dm_channel:
+        return True
+    owners: Mapping[int, int] = getattr(interaction, "_integration_owners", None) or {}
+    return not owners or GUILD_INSTALL in owners
+
+
 def interaction_destination(interaction: discord.Interaction[Any]) -> Destination:
     """Answer through this interaction's token while it lives, else in its channel."""
     return Destination(
@@ -400,6 +438,7 @@ def interaction_destination(interaction: discord.Interaction[Any]) -> Destinatio
         token=interaction.token,
         token_created_at=interaction.created_at.timestamp(),
         upload_limit=interaction.filesize_limit or None,
+        bot_absent=not bot_in_channel(interaction),
     )
 
 

@@ -81,17 +81,22 @@ async def turn_is_known(runtime: Runtime, turn_id: str) -> bool:
 
 
 async def refused_at_once(
-    runtime: Runtime, interaction: discord.Interaction[Any], who: Requester
+    runtime: Runtime,
+    interaction: discord.Interaction[Any],
+    who: Requester,
+    model: str | None = None,
+    size: str | None = None,
 ) -> bool:
     """Refuse inside the acknowledgement (ephemeral, no provider call) when the core would:
-    team control, a full queue, shutting down. True when it answered.
+    team control, a full queue, shutting down. True when it answered. `model` and `size`
+    price a new thread's image for the monthly budget (None: the default model).
 
     A read, within what is left of Discord's 3 s (claims and lookups came first); a slow
     or failing store lets the request through, since recording the job decides again,
     exactly, and its refusal is then reported after the defer.
     """
     try:
-        await asyncio.wait_for(runtime.core.precheck(who), _budget_left(interaction))
+        await asyncio.wait_for(runtime.core.precheck(who, model, size), _budget_left(interaction))
     except ImagineError as error:
         log.info("interaction %s refused: %s", interaction.id, error)
         await send_error(interaction, error)

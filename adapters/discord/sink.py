@@ -8,7 +8,10 @@ job resumed after a restart delivers the same way as a fresh one:
 - after that — or when Discord refuses the token — the result is a channel message that
   mentions the requester;
 - a reply job shows progress in a reply to the user's message and answers with a new
-  reply carrying the image (the progress message is then removed).
+  reply carrying the image (the progress message is then removed);
+- where the bot user cannot post (`Destination.bot_absent`: a user-installed command in a
+  server without the bot, a group DM), the interaction webhook is the only way: a followup
+  message when `@original` can't be edited, and nothing once the token is gone.
 """
 
 from __future__ import annotations
@@ -101,13 +104,15 @@ class DiscordSink:
                 return discord.File(io.BytesIO(fitted.image.data), filename=filename)
 
             embed = caption_embed(delivery.turn, filename, notes)
-            view = turn_view(delivery.turn.id)
+            view = turn_view(delivery.turn.id, delivery.turn.aspect_ratio)
             if self._use_token():
                 message = await self._edit_original(
                     content=None, embed=embed, attachments=[file()], view=view
                 )
                 if message is not None:
                     return str(message.id)
+            if self.destination.bot_absent:
+                return str(await self._followup(embed=embed, file=file(), view=view))
             return str(await self._post_result(file(), embed, view))
 
     async def fail(self, job: Job | None, error: ImagineError) -> None:
@@ -124,6 +129,10 @@ class DiscordSink:
                 text = failure_text(error, job)
                 if await self._edit_original(content=text, embed=None, view=view()) is not None:
                     return
+            if self.destination.bot_absent:
+                text = failure_text(error, job, mention=self.destination.user_id)
+                await self._followup(content=text, **_given(view=view()))
+                return
             if self.destination.token is not None:  # expired: a fresh message names the user
                 text = failure_text(error, job, mention=self.destination.user_id)
                 await self._send(text, view=view())
@@ -174,6 +183,25 @@ class DiscordSink:
             else:  # Discord had a bad moment: the caller falls back to a channel message
                 log.warning("editing the interaction response failed (HTTP %s)", exc.status)
             return None
+
+    async def _followup(self, **fields: Any) -> int:
+        """A new message through the interaction webhook: where the bot user can't post,
+        the only way left while the token lives (Discord refuses it after 15 minutes)."""
+        dest = self.destination
+        if self._token_dead or not dest.token_usable(self._clock()):
+            raise RuntimeError(f"no way to answer in channel {dest.channel_id}: token expired")
+        assert dest.application_id is not None and dest.token is not None
+        webhook = discord.Webhook.partial(
+            dest.application_id, dest.token, client=self.runtime.client
+        )
+        message = await webhook.send(
+            wait=True,
+            allowed_mentions=discord.AllowedMentions(
+                everyone=False, roles=False, users=[discord.Object(dest.user_id)]
+            ),
+            **fields,
+        )
+        return message.id
 
     async def _show_progress_reply(self, text: str, view: discord.ui.View | None) -> None:
         channel = self._channel()

@@ -168,6 +168,9 @@ def admin_group(runtime: Runtime) -> app_commands.Group:
         description="See and change who may make images here, and how many",
         default_permissions=MANAGE_SERVER,
         guild_only=True,
+        # a server's own install and its channels only: a user install has no server to run
+        allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
+        allowed_contexts=app_commands.AppCommandContext(guild=True),
     )
 
     @group.command(name="show", description="The settings in force here and where each comes from")
@@ -242,5 +245,10 @@ def install(tree: app_commands.CommandTree[Any], runtime: Runtime) -> None:
     async def usage(interaction: discord.Interaction[Any]) -> None:
         await show_usage(runtime, interaction)
 
+    # wherever /imagine is (a user install too): the caller's numbers where they are
+    usage.allowed_installs = app_commands.AppInstallationType(guild=True, user=True)
+    usage.allowed_contexts = app_commands.AppCommandContext(
+        guild=True, dm_channel=True, private_channel=True
+    )
     tree.add_command(usage)
     tree.add_command(admin_group(runtime))

@@ -141,6 +141,10 @@ class FakeDiscord:
         """When set, attachment downloads wait until this event is set (a slow CDN)."""
         self.roles: dict[int, str] = {}
         """The guild's roles besides @everyone (id → name), sent in GUILD_CREATE."""
+        self.closed_channels: set[int] = set()
+        """Channels the bot user is not in (a group DM, a server it was never added to):
+        REST calls on them get 403 Missing Access, as Discord answers. Interaction
+        webhooks still work there."""
         self.base_url = ""
         self._ids = itertools.count(100)
         self._blobs: dict[str, _Blob] = {}
@@ -254,9 +258,15 @@ class FakeDiscord:
         at: datetime | None = None,
         roles: Sequence[int] = (),
         channel_id: int | None = None,
+        private_channel: int | None = None,
+        owners: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """An INTERACTION_CREATE payload: in the guild channel (or `channel_id`, another
-        text channel of the guild), or in the user's DMs; `roles` are the member's."""
+        text channel of the guild), or in the user's DMs; `roles` are the member's.
+
+        `private_channel`: in a group DM (context 2) the bot user is not in; `owners` is the
+        payload's `authorizing_integration_owners` ({"1": user id} for a user install,
+        {"0": guild id} for a server install; absent by default, like older payloads)."""
         payload: dict[str, Any] = {
             "id": str(self.new_id(at)),
             "application_id": str(self.app_id),
@@ -268,7 +278,19 @@ class FakeDiscord:
             "locale": "en-US",
             "data": data,
         }
-        if dm:
+        if private_channel is not None:
+            payload["channel_id"] = str(private_channel)
+            payload["channel"] = {
+                "id": str(private_channel),
+                "type": 3,
+                "name": None,
+                "recipients": [user.payload()],
+                "owner_id": str(user.id),
+                "icon": None,
+            }
+            payload["user"] = user.payload()
+            payload["context"] = 2
+        elif dm:
             payload["channel_id"] = str(self.dm_channel_id)
             payload["channel"] = {"id": str(self.dm_channel_id), "type": 1, "recipients": []}
             payload["user"] = user.payload()
@@ -289,6 +311,8 @@ class FakeDiscord:
             payload["context"] = 0
         if message is not None:
             payload["message"] = message
+        if owners is not None:
+            payload["authorizing_integration_owners"] = owners
         return payload
 
     def slash(
@@ -300,13 +324,19 @@ class FakeDiscord:
         images: list[dict[str, Any]] | None = None,
         dm: bool = False,
         at: datetime | None = None,
+        model: str | None = None,
+        size: str | None = None,
         **where: Any,
     ) -> dict[str, Any]:
         """`/imagine` as Discord sends it; `images` are attachment payloads (up to three);
-        `where` goes to `interaction` (`roles`, `permissions`, `channel_id`)."""
+        `model` and `size` the chosen values of those options; `where` goes to
+        `interaction` (`roles`, `permissions`, `channel_id`, `private_channel`, `owners`)."""
         options: list[dict[str, Any]] = [{"name": "prompt", "type": 3, "value": prompt}]
         if aspect_ratio is not None:
             options.append({"name": "aspect_ratio", "type": 3, "value": aspect_ratio})
+        for name, value in (("model", model), ("size", size)):
+            if value is not None:
+                options.append({"name": name, "type": 3, "value": value})
         resolved: dict[str, Any] = {}
         for name, attachment in zip(("image", "image2", "image3"), images or (), strict=False):
             options.append({"name": name, "type": 11, "value": attachment["id"]})
@@ -321,7 +351,7 @@ class FakeDiscord:
             data["resolved"] = resolved
         return self.interaction(2, data, user, dm=dm, at=at, **where)
 
-    def context_menu(self, user: User, target: dict[str, Any]) -> dict[str, Any]:
+    def context_menu(self, user: User, target: dict[str, Any], **where: Any) -> dict[str, Any]:
         """The "Edit image" message command on `target` (a message payload)."""
         data = {
             "id": str(self.new_id()),
@@ -330,7 +360,7 @@ class FakeDiscord:
             "target_id": target["id"],
             "resolved": {"messages": {target["id"]: target}},
         }
-        return self.interaction(2, data, user)
+        return self.interaction(2, data, user, **where)
 
     def button(
         self,
@@ -340,17 +370,43 @@ class FakeDiscord:
         *,
         permissions: int = 0,
         roles: Sequence[int] = (),
+        **where: Any,
     ) -> dict[str, Any]:
-        """A click on the button `custom_id` of `message` (which must carry it)."""
+        """A click on the button `custom_id` of `message` (which must carry it); `where`
+        goes to `interaction` (`private_channel`, `owners`)."""
         data = {"custom_id": custom_id, "component_type": 2}
         dm = "guild_id" not in message
         perms = permissions or MEMBER_PERMISSIONS
         return self.interaction(
-            3, data, user, dm=dm, permissions=perms, message=message, roles=roles
+            3, data, user, dm=dm, permissions=perms, message=message, roles=roles, **where
+        )
+
+    def select(
+        self,
+        user: User,
+        message: dict[str, Any],
+        custom_id: str,
+        values: Sequence[str],
+        *,
+        permissions: int = 0,
+        roles: Sequence[int] = (),
+        **where: Any,
+    ) -> dict[str, Any]:
+        """A choice in the string select `custom_id` of `message` (which must carry it)."""
+        data = {"custom_id": custom_id, "component_type": 3, "values": list(values)}
+        dm = "guild_id" not in message
+        perms = permissions or MEMBER_PERMISSIONS
+        return self.interaction(
+            3, data, user, dm=dm, permissions=perms, message=message, roles=roles, **where
         )
 
     def modal_submit(
-        self, user: User, custom_id: str, values: dict[str, str], message: dict[str, Any] | None
+        self,
+        user: User,
+        custom_id: str,
+        values: dict[str, str],
+        message: dict[str, Any] | None,
+        **where: Any,
     ) -> dict[str, Any]:
         """A submitted modal: one text input per entry of `values` (custom id → text)."""
         rows = [
@@ -358,7 +414,7 @@ class FakeDiscord:
             for cid, text in values.items()
         ]
         data = {"custom_id": custom_id, "components": rows}
-        return self.interaction(5, data, user, message=message)
+        return self.interaction(5, data, user, message=message, **where)
 
     def user_message(
         self,
@@ -578,6 +634,8 @@ class FakeDiscord:
         return _json(self.messages[message_id])
 
     def _channel(self, method: str, channel_id: int, rest: list[str], call: Call) -> web.Response:
+        if channel_id in self.closed_channels:
+            return _json({"message": "Missing Access", "code": 50001}, 403)
         if not rest and method == "POST":
             message = self._message(
                 channel_id, self.bot.payload(), "", payload=call.json, files=call.files

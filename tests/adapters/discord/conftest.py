@@ -84,7 +84,14 @@ async def run_bot(
     control comes from them as in `imagine-bot run`."""
     config = settings_for(fake, **settings)
     store = await open_store(db_url)
-    core = ImagineBot(store, provider, model=MODEL, limits=limits, team=config.team_settings())
+    core = ImagineBot(
+        store,
+        provider,
+        model=config.model,  # IMAGINE_MODEL (MODEL unless a test sets it)
+        limits=limits,
+        team=config.team_settings(),
+        models=config.offered_models,  # IMAGINE_MODELS, as `imagine-bot run` passes it
+    )
     await core.start()
     adapter = DiscordAdapter(core, config, guild_ready_timeout=0.05)
     try:
@@ -169,12 +176,24 @@ def is_channel_post(channel_id: int) -> Any:
 
 
 def custom_ids(message: dict[str, Any]) -> list[str]:
+    """The buttons' custom ids, in order (the 📐 select is `select_of`)."""
     return [
         button["custom_id"]
         for row in message.get("components") or []
         for button in row.get("components") or []
-        if "custom_id" in button
+        if "custom_id" in button and button.get("type") == 2
     ]
+
+
+def select_of(message: dict[str, Any]) -> dict[str, Any]:
+    """The one string select (📐) under a message."""
+    [select] = [
+        component
+        for row in message.get("components") or []
+        for component in row.get("components") or []
+        if component.get("type") == 3
+    ]
+    return select
 
 
 async def imagine(

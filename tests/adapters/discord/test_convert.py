@@ -133,7 +133,7 @@ def test_caption_embed_fits_discords_embed_limits() -> None:
     assert all(len(field.value or "") <= 1024 for field in embed.fields)
     assert embed.image.url == "attachment://imagine-x.png"
     values = {field.name: field.value for field in embed.fields}
-    assert values["Model"] == "gemini-2.5-flash-image"
+    assert values["Model"] == "Gemini 2.5 Flash Image · via the offline demo"
     assert values["Aspect ratio"] == "16:9"
     assert values["Time"] == "3.2 s"
     assert values["Requested by"] == "<@42>"
@@ -157,3 +157,13 @@ def test_invite_url_asks_for_exactly_the_scopes_and_permissions_used() -> None:
     assert url.startswith("https://discord.com/oauth2/authorize?client_id=1234")
     assert "scope=bot+applications.commands" in url
     assert "permissions=274878024704" in url
+
+
+def test_a_destination_without_the_bot_survives_its_json_and_old_json_has_the_bot() -> None:
+    absent = Destination(channel_id=5, user_id=6, application_id=7, token="t", bot_absent=True)
+    data = absent.to_json()
+    assert data["bot_absent"] is True and data["channel_id"] == "5"
+    assert Destination.from_json(data) == absent
+    present = Destination(channel_id=5, user_id=6)
+    assert "bot_absent" not in present.to_json()  # what older jobs stored
+    assert Destination.from_json({"channel_id": "5", "user_id": "6"}).bot_absent is False

@@ -64,7 +64,7 @@ async def test_imagine_defers_before_the_provider_and_posts_its_image_with_butto
     [embed] = delivered.json["embeds"]
     assert "a panda making latte art" in embed["description"]
     fields = {field["name"]: field["value"] for field in embed["fields"]}
-    assert fields["Model"] == MODEL
+    assert fields["Model"] == "Gemini 2.5 Flash Image · via Nexconn"
     assert fields["Aspect ratio"] == "16:9"
     assert fields["Time"].endswith(" s")
     assert embed["image"]["url"] == f"attachment://{upload.filename}"

@@ -36,6 +36,7 @@ from .conftest import (
     is_original_edit,
     run_bot,
 )
+from .discord_spec import check_command
 
 ADMIN = MEMBER_PERMISSIONS | MANAGE_GUILD
 EPHEMERAL = 64
@@ -515,25 +516,6 @@ async def test_a_bad_value_is_explained_privately(
 
 # --- registration ----------------------------------------------------------------------------
 
-NAME = re.compile(r"^[-_\w]{1,32}$")
-"""Discord's command and option names (lowercase where it has case)."""
-OPTION_TYPES = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
-
-
-def check_options(options: list[dict[str, Any]]) -> None:
-    """What discord-api-spec's ApplicationCommand*Option schemas and Discord's rules ask:
-    names and descriptions in bounds, at most 25 options and choices, required first."""
-    assert len(options) <= 25
-    required = [bool(option.get("required")) for option in options]
-    assert required == sorted(required, reverse=True), "required options come first"
-    for option in options:
-        assert option["type"] in OPTION_TYPES
-        assert NAME.fullmatch(option["name"]) and option["name"] == option["name"].lower()
-        assert 1 <= len(option["description"]) <= 100
-        assert len(option.get("choices") or []) <= 25
-        if option["type"] in (1, 2):
-            check_options(option.get("options") or [])
-
 
 async def test_usage_and_imagine_admin_are_registered_with_the_right_permissions(
     launch: Launch, fake: FakeDiscord
@@ -547,8 +529,7 @@ async def test_usage_and_imagine_admin_are_registered_with_the_right_permissions
     )
     commands = {command["name"]: command for command in sync.json}
     for command_ in sync.json:
-        assert len(command_["name"]) <= 32 and len(command_.get("description") or "") <= 100
-        check_options(command_.get("options") or [])
+        check_command(command_)
 
     usage = commands["usage"]
     assert usage["type"] == 1 and usage["options"] == []
@@ -559,6 +540,12 @@ async def test_usage_and_imagine_admin_are_registered_with_the_right_permissions
     # the request schema types it as an integer (responses carry the string "32")
     assert group["default_member_permissions"] == MANAGE_GUILD == 32
     assert group["dm_permission"] is False
+    # a server's own install, in its channels only (no user install, no DMs)
+    assert group["integration_types"] == [0]
+    assert group["contexts"] == [0]
+    # /usage goes wherever /imagine goes, a user install included
+    assert usage["integration_types"] == [0, 1]
+    assert usage["contexts"] == [0, 1, 2]
     subcommands = {option["name"]: option for option in group["options"]}
     assert set(subcommands) == {"show", "limit", "reset", "channel", "role", "user", "giveback"}
     assert all(option["type"] == 1 for option in subcommands.values())
