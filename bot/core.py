@@ -87,10 +87,7 @@ class _Target:
 
 def reframe_instruction(ratio: str) -> str:
     """What the model is asked for a 📐 change of aspect ratio."""
-    return (
-        f"Recompose this exact image for a {ratio} aspect ratio: keep the subject, style, "
-        "colours and details the same; extend or crop the scene only as the new shape needs."
-    )
+    return f"Recompose this image at a {ratio} aspect ratio, keeping everything else the same."
 
 
 class ImagineBot:

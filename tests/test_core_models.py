@@ -151,7 +151,9 @@ async def test_reframe_is_an_edit_of_that_turn_at_another_ratio(
     await settle(core)
     request = provider.requests[-1]
     assert request.aspect_ratio == "16:9"
-    assert request.prompt.startswith("Recompose this exact image for a 16:9 aspect ratio")
+    assert request.prompt == (
+        "Recompose this image at a 16:9 aspect ratio, keeping everything else the same."
+    )
     assert request.history[-1].result.data == provider.results[0].image.data
     made = sink.deliveries[-1].turn
     assert (made.parent_id, made.aspect_ratio, made.kind.value) == (first.id, "16:9", "edit")
