@@ -5,19 +5,24 @@ The breaker's clock is virtual, so cool-downs are stepped, not waited for.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from bot import metrics
+from bot.core import EditRequest, ImagineBot, ImagineRequest
 from bot.errors import ProviderUnavailable, SafetyBlocked
-from bot.models import ImageRequest, ImageResult
+from bot.models import ImageRequest, ImageResult, ThreadKey
 from bot.providers.base import Capabilities, ProviderCall
 from bot.providers.failover import Breaker, BreakerPolicy, FailoverProvider
 from bot.providers.gemini import GeminiProvider
 from bot.providers.nexconn import NexconnProvider
+from bot.store import Store
+from tests.fakes.collecting_sink import CollectingSink
 from tests.fakes.gemini_server import FakeGemini
 from tests.fakes.nexconn_server import FakeNexconn, error_body
+from tests.fakes.recording_provider import RecordingProvider
 from tests.fakes.scripted_json_server import Reply
 from tests.providers.support import FAST, Sleeps
 
@@ -205,3 +210,32 @@ def test_breaker_states() -> None:
     assert breaker.state.open_until == clock.now + 25  # capped
     breaker.succeeded()
     assert breaker.closed and breaker.available()
+
+
+class Named(RecordingProvider):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+async def test_through_the_core_the_turn_and_the_ledger_name_the_provider_that_made_it(
+    sqlite_store: Store,
+) -> None:
+    first, second = Named("nexconn"), Named("gemini")
+    core = ImagineBot(sqlite_store, FailoverProvider([first, second]), model=REQUEST.model)
+    sink = CollectingSink()
+    first.fail_next(ProviderUnavailable())
+    job = await core.imagine(
+        ImagineRequest(ThreadKey("test", "team", "channel", "t1"), "alice", "a fox"), sink
+    )
+    await asyncio.wait_for(core.idle(), 10)
+    made = sink.deliveries[-1].turn
+    assert made.provider == "gemini"
+    stored = await sqlite_store.get_job(job.id)
+    assert stored is not None and stored.provider == "gemini"
+    # the thread goes on where the provider is up: the open breaker skips the first
+    await core.edit(EditRequest("alice", "make it blue", turn_id=made.id), sink)
+    await asyncio.wait_for(core.idle(), 10)
+    assert len(first.requests) == 1 and len(second.requests) == 2
+    assert second.requests[-1].history[-1].result.data == second.results[0].image.data
+    await core.shutdown(0)
