@@ -11,6 +11,7 @@ bot process).
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 
@@ -44,6 +45,8 @@ async def run(options: Options) -> list[Row]:
         await bot.imagine(warm, TimingSink(Times()))
         await asyncio.wait_for(bot.idle(), options.latency + 60)
         await asyncio.sleep(0.5)  # let garbage settle: the idle baseline
+        gc.collect()  # as `imagine-bot run` does once started (bot/cli.py)
+        gc.freeze()
         reset_peak_rss("self")
         idle_kib = proc_status("self", "VmRSS")
         lag.start()
