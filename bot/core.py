@@ -13,6 +13,7 @@ anything runs (durable before visible) and puts it in the shared queue; a worker
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -219,7 +220,13 @@ class ImagineBot:
             model=model,
             size=size,
         )
-        await self._submit(job, sink, who, request.references)
+        try:
+            await self._submit(job, sink, who, request.references)
+        except BaseException:
+            # refused in the transaction (a race the precheck lost): leave no empty thread,
+            # whose platform thread would then look like one of ours
+            await asyncio.shield(self.store.discard_thread(thread.id))
+            raise
         return job
 
     async def edit(self, request: EditRequest, sink: ReplySink) -> Job:
@@ -302,6 +309,7 @@ class ImagineBot:
             aspect_ratio=ratio,
             destination=destination,
             roles=roles,
+            follow=False,
         )
         return await self.edit(request, sink)
 
@@ -531,7 +539,7 @@ class ImagineBot:
             latest = await self.store.latest_turn(turn.thread_id)
             model, size = self._continued_model(turn.model, turn.size)
             target = _Target(turn.thread_id, turn.id, turn.aspect_ratio, model, size)
-            return target, latest is not None and latest.id == turn.id
+            return target, request.follow and latest is not None and latest.id == turn.id
         if request.thread_key is not None:
             thread = await self.store.thread_by_key(request.thread_key)
             if thread is not None:

@@ -37,6 +37,9 @@ class ImagineError(Exception):
 
     retryable: bool = False
     code: str = "error"
+    maybe_billed: bool = False
+    """The request reached the provider and may be generating (and billing) still: a
+    timeout or dropped connection after it was sent. Nothing sends it elsewhere then."""
 
     def __init__(self, user_message: str, *, detail: str | None = None) -> None:
         # Masked here, once: the sentence reaches chat and the jobs table, the detail the

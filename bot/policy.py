@@ -222,8 +222,9 @@ def month_of(at: float, tz: ZoneInfo) -> Period:
 @dataclass(frozen=True, slots=True)
 class Counts:
     """What the ledger says, counted over accepted jobs that were not failed or cancelled:
-    the user's images today (since an admin gave the day back, if later), the workspace's
-    images today, and the workspace's estimated spend this month."""
+    the user's images today on the platform — in every workspace, DMs included, since an
+    admin gave the day back if later —, the workspace's images today, and the workspace's
+    estimated spend this month."""
 
     user_today: int = 0
     workspace_today: int = 0
@@ -353,6 +354,11 @@ def describe(refusal: Refusal, platform: str, workspace: str, at: float, tz: Zon
     if rule is Rule.CHANNEL:
         return "I don't make images in this channel. Ask an admin which channels I serve."
     if rule is Rule.ROLE:
+        if workspace == "@dm":
+            return (
+                "Making images needs a role a server allows, so I don't make them in direct "
+                "messages. Use me in the server."
+            )
         return "Making images here needs a role this server allows. Ask an admin for access."
     resets = refusal.resets_at or at
     if rule is Rule.USER_DAILY:

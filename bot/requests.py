@@ -42,3 +42,7 @@ class EditRequest:
     aspect_ratio: str | None = None
     destination: JSON = None
     roles: frozenset[str] = frozenset()
+    follow: bool = True
+    """A reply to the thread's latest image builds on whatever is latest when it runs
+    (quick replies stack); False edits exactly `turn_id` (📐 recomposes the image it was
+    chosen under, even if another edit lands first)."""

@@ -43,6 +43,7 @@ from bot.models import (
 )
 from bot.progress import LiveJob, ProgressBoard, safe_progress
 from bot.providers.base import Provider, ProviderCall
+from bot.providers.failover import split_request_id
 from bot.scheduler import StopReason, Worker
 from bot.sinks import Delivery, Phase, Progress, ReplySink
 from bot.store import Store
@@ -127,10 +128,7 @@ class JobRunner:
             await self.store.set_job_provider_request(job.id, worker, request_id)
 
         try:
-            if job.provider_request_id and job.provider != self.provider.name:
-                raise ProviderUnavailable(
-                    detail=f"job {job.id} was submitted to {job.provider}, now {self.provider.name}"
-                )
+            resume_id = self._resume_id(job)
             parent_id = await self._resolve_parent(job)
             if parent_id != job.parent_turn_id and not await self.store.start_job(
                 job.id, worker, parent_id
@@ -146,7 +144,11 @@ class JobRunner:
                 ):
                     result = await self.provider.generate(
                         request,
-                        ProviderCall(resume_id=job.provider_request_id, on_submitted=submitted),
+                        ProviderCall(
+                            resume_id=resume_id,
+                            on_submitted=submitted,
+                            resume_provider=job.provider,
+                        ),
                     )
             except TimeoutError:
                 raise ProviderTimeout(
@@ -177,6 +179,21 @@ class JobRunner:
             return
         live.job = replace(job, status=JobStatus.MADE, turn_id=turn.id)
         await self._deliver(live, turn, result.image, notes)
+
+    def _resume_id(self, job: Job) -> str | None:
+        """The stored request id as this process's provider takes it, or
+        `ProviderUnavailable` when the provider that holds it is not configured any more."""
+        stored = job.provider_request_id
+        if not stored:
+            return None
+        names = self.provider.name.split(",")
+        owner, request_id = split_request_id(stored, job.provider)
+        if owner not in names:
+            raise ProviderUnavailable(
+                detail=f"job {job.id} was submitted to {owner or job.provider}, "
+                f"now {self.provider.name}"
+            )
+        return stored if len(names) > 1 else request_id
 
     async def _deliver_made(self, live: LiveJob) -> None:
         """An image made by a worker that died before posting it: post it from the store."""

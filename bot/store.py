@@ -61,6 +61,11 @@ class Store(Protocol):
 
     async def get_thread(self, thread_id: str) -> Thread | None: ...
 
+    async def discard_thread(self, thread_id: str) -> bool:
+        """Delete a thread that never got a job or a turn (its first request was refused
+        after the thread was made); False, and nothing changes, when it has either."""
+        ...
+
     async def thread_by_key(self, key: ThreadKey) -> Thread | None: ...
 
     async def list_threads(

@@ -280,7 +280,10 @@ class TeamControl:
         month_lines = await self.store.usage_lines(month.start, month.end, **scope)
         today_lines = await self.store.usage_lines(day.start, day.end, **scope)
         since = max(day.start, overrides.day_resets.get(who.user, 0.0))
-        counted_today = await self.store.usage_lines(since, day.end, user=who.user, **scope)
+        # the daily limit counts a person's images in every workspace of the platform
+        counted_today = await self.store.usage_lines(
+            since, day.end, platform=who.platform, user=who.user
+        )
         mine_month = Totals.of(line for line in month_lines if line.user == who.user)
         mine_today = Totals.of(line for line in today_lines if line.user == who.user)
         workspace_today, workspace_month = Totals.of(today_lines), Totals.of(month_lines)

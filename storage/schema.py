@@ -117,6 +117,7 @@ jobs = sa.Table(
     sa.Index(None, "finished_at"),
     sa.Index(None, "platform", "workspace", "created_at"),
     sa.Index(None, "created_at"),
+    sa.Index(None, "user_id", "created_at"),
 )
 """The queue and the ledger. Unsettled rows (`settled` false) are what workers claim;
 `owner` and `lease_until` say who holds one and until when. Every accepted job that did not

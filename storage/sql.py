@@ -452,6 +452,17 @@ class SqlStore:
             raise ValueError(f"thread id {thread.id!r} already used by another thread key")
         return _thread(row)
 
+    async def discard_thread(self, thread_id: str) -> bool:
+        used = sa.or_(
+            sa.exists().where(jobs.c.thread_id == thread_id),
+            sa.exists().where(turns.c.thread_id == thread_id),
+        )
+        async with self._write() as conn:
+            result = await conn.execute(
+                sa.delete(threads).where(threads.c.id == thread_id, sa.not_(used))
+            )
+            return bool(result.rowcount)
+
     async def get_thread(self, thread_id: str) -> Thread | None:
         row = await self._row(sa.select(threads).where(threads.c.id == thread_id))
         return None if row is None else _thread(row)
@@ -621,16 +632,10 @@ class SqlStore:
             return refused  # nothing to count
         day, month = admission.day, admission.month
         today = sa.and_(jobs.c.created_at >= day.start, jobs.c.created_at < day.end)
-        mine = sa.and_(
-            jobs.c.user_id == who.user,
-            jobs.c.created_at >= admission.user_since(overrides),
-            jobs.c.created_at < day.end,
-        )
-        row = (
+        workspace = (
             await conn.execute(
                 sa.select(
-                    sa.func.count(sa.case((mine, 1))).label("user_today"),
-                    sa.func.count(sa.case((today, 1))).label("workspace_today"),
+                    sa.func.count(sa.case((today, 1))).label("today"),
                     sa.func.coalesce(sa.func.sum(jobs.c.cost_usd), 0.0).label("month_usd"),
                 ).where(
                     *_scope_match(jobs, who.scope),
@@ -640,7 +645,20 @@ class SqlStore:
                 )
             )
         ).one()
-        counts = Counts(int(row.user_today), int(row.workspace_today), float(row.month_usd))
+        # A person's day is one day wherever they ask: every workspace of the platform
+        # (a server, DMs, a server with only their user install) counts towards it.
+        user_today = (
+            await conn.execute(
+                sa.select(sa.func.count()).where(
+                    jobs.c.platform == who.platform,
+                    jobs.c.user_id == who.user,
+                    jobs.c.created_at >= admission.user_since(overrides),
+                    jobs.c.created_at < day.end,
+                    _COUNTED,
+                )
+            )
+        ).scalar_one()
+        counts = Counts(int(user_today), int(workspace.today), float(workspace.month_usd))
         return decide(policy, who, counts, cost=admission.cost, day=day, month=month)
 
     async def get_job(self, job_id: str) -> Job | None:

@@ -12,9 +12,10 @@ import pytest
 
 from bot import metrics
 from bot.core import EditRequest, ImagineBot, ImagineRequest
-from bot.errors import ProviderUnavailable
+from bot.errors import ProviderUnavailable, UserQueueFull
 from bot.models import ThreadKey, new_id
 from bot.policy import Policy, PolicyRefused, Requester, Rule
+from bot.queue import Limits
 from bot.store import Store
 from bot.team import BadSetting, GiveDayBack, NotAdmin, SetMember, SetNumber, TeamSettings
 from tests.fakes.collecting_sink import CollectingSink
@@ -174,12 +175,33 @@ async def test_admins_change_the_rules_at_run_time_and_others_cannot(
     assert len(provider.requests) == 2
 
     await core.team.change(boss, SetMember("blocked_users", "alice", True))
-    with pytest.raises(PolicyRefused) as refused:
+    with pytest.raises(PolicyRefused) as blocked:
         await core.team.check(where("alice"), MODEL)
-    assert refused.value.refusal.rule is Rule.BLOCKED_USER
+    assert blocked.value.refusal.rule is Rule.BLOCKED_USER
     view = await core.team.change(boss, SetNumber("user_daily_limit", None))
     assert view.policy.user_daily_limit == 4 and view.sources["user_daily_limit"] == "environment"
     with pytest.raises(BadSetting):
         await core.team.change(boss, SetNumber("user_daily_limit", 1.5))
     with pytest.raises(BadSetting):
         await core.team.change(boss, SetNumber("monthly_budget", -1))
+
+
+async def test_a_refusal_in_the_transaction_leaves_no_thread(
+    sqlite_store: Store, provider: RecordingProvider
+) -> None:
+    """Refused where only the transaction can see it — another process's waiting job fills
+    the user's queue, which this process's quick count cannot know — the new thread goes."""
+    gate = provider.hold()
+    busy = ImagineBot(sqlite_store, provider, model=MODEL, limits=Limits(concurrency=1))
+    sink = CollectingSink()
+    await busy.imagine(ImagineRequest(key(), "alice", "first"), sink)
+    await busy.imagine(ImagineRequest(key(), "alice", "second, waiting"), sink)
+    other = ImagineBot(sqlite_store, provider, model=MODEL, limits=Limits(per_user_queued=1))
+    request = ImagineRequest(key(), "alice", "third")
+    with pytest.raises(UserQueueFull):
+        await other.imagine(request, CollectingSink())
+    assert await sqlite_store.thread_by_key(request.key) is None
+    gate.set()
+    await settle(busy)
+    await busy.shutdown(0)
+    await other.shutdown(0)

@@ -24,6 +24,9 @@ class ProviderCall:
 
     resume_id: str | None = None
     on_submitted: Callable[[str], Awaitable[None]] = _ignore
+    resume_provider: str | None = None
+    """The provider the job was recorded with (a failover list picks the one that holds a
+    request id stored before the list existed)."""
 
 
 @dataclass(frozen=True, slots=True)

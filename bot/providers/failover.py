@@ -5,6 +5,14 @@ model. When that provider is down or rate-limiting *after its own retries* (the 
 `FAILOVER_ERRORS`), the job moves to the next one; a safety block, a refusal or an input
 error would only repeat elsewhere, so it ends the job as before.
 
+Nothing is ever paid for twice on purpose: a request that may already be generating at the
+first provider is not sent to the next. That is a request an asynchronous provider accepted
+(GMI reported its request id: a later poll error ends the job, GMI keeps it), and a request
+that was sent and then timed out or lost its connection (`ImagineError.maybe_billed`). An
+answer that came back unreadable is not failed over either. Failover is for failures that
+say the request was not taken: 5xx and 429 answers after the provider's own retries,
+connection failures before sending, a refused key.
+
 A provider that failed is skipped for a cool-down that doubles while it keeps failing
 (`Breaker`); when the cool-down ends, one job is let through as a trial, and its success
 closes the breaker. If every provider is cooling down, the one whose cool-down ends first is
@@ -22,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from bot import metrics
 from bot.catalog import model_info
@@ -39,7 +48,7 @@ from bot.providers.base import Capabilities, Provider, ProviderCall
 
 log = logging.getLogger(__name__)
 
-FAILOVER_ERRORS: tuple[type[ImagineError], ...] = (
+PROVIDER_FAILURES: tuple[type[ImagineError], ...] = (
     ProviderUnavailable,
     RateLimited,
     ProviderTimeout,
@@ -47,9 +56,24 @@ FAILOVER_ERRORS: tuple[type[ImagineError], ...] = (
     BadApiKey,
     ProviderAccountBlocked,
 )
-"""Failures that say "this provider, now" rather than "this request"."""
+"""Failures that say "this provider, now" rather than "this request": they open its breaker."""
+
+NOT_MOVABLE: tuple[type[ImagineError], ...] = (InvalidProviderResponse,)
+"""Provider failures after which the request still does not move on: an unreadable answer
+came from a request the provider took (and may bill)."""
 
 ID_SEPARATOR = "|"
+
+
+def split_request_id(stored: str, provider: str | None = None) -> tuple[str | None, str]:
+    """(provider, id) of a stored provider request id: `gmi|r1` names its provider; a bare
+    id (stored before failover was configured) belongs to the job's own `provider` when
+    that is one name."""
+    owner, separator, request_id = stored.partition(ID_SEPARATOR)
+    if separator:
+        return owner, request_id
+    single = provider if provider and "," not in provider else None
+    return single, stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +92,18 @@ class BreakerState:
     trial_running: bool = False
 
 
+class Ticket(StrEnum):
+    """How a request passed the breaker: while closed, or as the one trial when open."""
+
+    CLOSED = "closed"
+    TRIAL = "trial"
+
+
 class Breaker:
-    """One provider's circuit breaker (`clock` is injectable for virtual-time tests)."""
+    """One provider's circuit breaker (`clock` is injectable for virtual-time tests).
+
+    Only the first failure while closed opens it, and only a failed trial doubles the
+    cool-down: eight requests in flight that fail together are one outage, not eight."""
 
     def __init__(
         self, policy: BreakerPolicy = BreakerPolicy(), clock: Callable[[], float] = time.monotonic
@@ -89,23 +123,28 @@ class Breaker:
             return True
         return self.clock() >= state.open_until and not state.trial_running
 
-    def begin(self) -> None:
+    def begin(self) -> Ticket:
         """A request starts; when the breaker is open, it is the trial."""
         if self.state.failures:
             self.state = replace(self.state, trial_running=True)
+            return Ticket.TRIAL
+        return Ticket.CLOSED
 
     def succeeded(self) -> None:
         self.state = BreakerState()
 
-    def failed(self) -> None:
-        failures = self.state.failures + 1
+    def failed(self, ticket: Ticket) -> None:
+        failures = self.state.failures
+        if ticket is Ticket.CLOSED and failures:
+            return  # opened already by another request of the same outage
+        failures += 1
         cooldown = min(self.policy.cooldown * 2 ** (failures - 1), self.policy.max_cooldown)
         self.state = BreakerState(failures, self.clock() + cooldown, False)
 
-    def released(self) -> None:
+    def released(self, ticket: Ticket) -> None:
         """A request ended without a verdict on the provider (cancelled, or a failure that
-        was the request's own): a trial it held may run again."""
-        if self.state.trial_running:
+        was the request's own): the trial it held, if it was the trial, may run again."""
+        if ticket is Ticket.TRIAL and self.state.trial_running:
             self.state = replace(self.state, trial_running=False)
 
 
@@ -160,49 +199,59 @@ class FailoverProvider:
                     provider.name,
                     last,
                 )
+            submitted: list[str] = []
             try:
-                return await self._call(provider, request, call)
-            except FAILOVER_ERRORS as error:
+                return await self._call(provider, request, call, submitted)
+            except PROVIDER_FAILURES as error:
+                if submitted or error.maybe_billed or isinstance(error, NOT_MOVABLE):
+                    raise  # the provider has the request: sending it elsewhere pays twice
                 last = error
         assert last is not None
         raise last
 
     async def _call(
-        self, provider: Provider, request: ImageRequest, call: ProviderCall
+        self,
+        provider: Provider,
+        request: ImageRequest,
+        call: ProviderCall,
+        submitted: list[str] | None = None,
     ) -> ImageResult:
         breaker = self.breakers[provider.name]
-        breaker.begin()
+        ticket = breaker.begin()
         verdict = False
         try:
-            result = await provider.generate(request, self._tagged(provider, call))
+            result = await provider.generate(request, self._tagged(provider, call, submitted))
             breaker.succeeded()
             verdict = True
-        except FAILOVER_ERRORS:
-            breaker.failed()
+        except PROVIDER_FAILURES:
+            breaker.failed(ticket)
             verdict = True
             raise
         finally:
             if not verdict:
-                breaker.released()
+                breaker.released(ticket)
         return replace(result, provider=result.provider or provider.name)
 
     async def _resume(self, request: ImageRequest, call: ProviderCall) -> ImageResult:
-        name, _, request_id = (call.resume_id or "").partition(ID_SEPARATOR)
-        provider = next((p for p in self.providers if p.name == name), None)
+        owner, request_id = split_request_id(call.resume_id or "", call.resume_provider)
+        provider = next((p for p in self.providers if p.name == owner), None)
         if provider is None or not request_id:
             raise ProviderUnavailable(detail=f"cannot resume {call.resume_id!r} on {self.name}")
         return await self._call(provider, request, replace(call, resume_id=request_id))
 
     @staticmethod
-    def _tagged(provider: Provider, call: ProviderCall) -> ProviderCall:
-        """Store `name|id`, so a resumed job goes back to the provider that has it."""
-        if call.resume_id is not None:
-            return call
+    def _tagged(
+        provider: Provider, call: ProviderCall, submitted: list[str] | None = None
+    ) -> ProviderCall:
+        """Store `name|id`, so a resumed job goes back to the provider that has it — also
+        when a resumed provider submits again — and note that the provider took it."""
 
-        async def submitted(request_id: str) -> None:
+        async def on_submitted(request_id: str) -> None:
+            if submitted is not None:
+                submitted.append(request_id)
             await call.on_submitted(f"{provider.name}{ID_SEPARATOR}{request_id}")
 
-        return replace(call, on_submitted=submitted)
+        return replace(call, on_submitted=on_submitted)
 
     async def aclose(self) -> None:
         for provider in self.providers:

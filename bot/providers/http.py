@@ -223,14 +223,17 @@ async def request_json(
         except TimeoutError:
             last = ProviderTimeout(detail=f"{method} {url}: no full answer in time")
             if not idempotent:
+                last.maybe_billed = True
                 raise last from None
         except httpx.TimeoutException as exc:
             last = ProviderTimeout(detail=f"{method} {url}: {type(exc).__name__}")
             if not idempotent and not isinstance(exc, NOT_SENT):
+                last.maybe_billed = True
                 raise last from None
         except httpx.TransportError as exc:
             last = ProviderUnavailable(detail=f"{method} {url}: {type(exc).__name__}: {exc}")
             if not idempotent and not isinstance(exc, NOT_SENT):
+                last.maybe_billed = True
                 raise last from None
         else:
             if response.is_success:

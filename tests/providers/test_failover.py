@@ -12,7 +12,13 @@ import pytest
 
 from bot import metrics
 from bot.core import EditRequest, ImagineBot, ImagineRequest
-from bot.errors import ProviderUnavailable, SafetyBlocked
+from bot.errors import (
+    ImagineError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    SafetyBlocked,
+)
 from bot.models import ImageRequest, ImageResult, ThreadKey
 from bot.providers.base import Capabilities, ProviderCall
 from bot.providers.failover import Breaker, BreakerPolicy, FailoverProvider
@@ -159,21 +165,28 @@ async def test_models_go_only_to_providers_that_sell_them(
 
 
 class AsyncQueueProvider:
-    """An asynchronous provider at the port seam: it reports a request id, and resumes one."""
+    """An asynchronous provider at the port seam: it reports a request id, and resumes one;
+    `fail_after_submit` makes its poll fail once the request is in."""
 
     capabilities = Capabilities()
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, fail_after_submit: ImagineError | None = None) -> None:
         self.name = name
         self.resumed: list[str] = []
+        self.submitted = 0
+        self.fail_after_submit = fail_after_submit
 
     async def generate(
         self, request: ImageRequest, call: ProviderCall = ProviderCall()
     ) -> ImageResult:
         if call.resume_id is not None:
             self.resumed.append(call.resume_id)
+            await call.on_submitted("req-again")  # "unknown error, try again": resubmitted
         else:
+            self.submitted += 1
             await call.on_submitted("req-42")
+            if self.fail_after_submit is not None:
+                raise self.fail_after_submit
         return ImageResult(images=())
 
     async def aclose(self) -> None:
@@ -190,23 +203,84 @@ async def test_a_resumed_job_goes_back_to_the_provider_that_has_its_request() ->
 
     await failover.generate(REQUEST, ProviderCall(on_submitted=on_submitted))
     assert stored == ["gmi|req-42"]
-    await failover.generate(REQUEST, ProviderCall(resume_id="other|req-7"))
+    await failover.generate(
+        REQUEST, ProviderCall(resume_id="other|req-7", on_submitted=on_submitted)
+    )
     assert second.resumed == ["req-7"] and first.resumed == []
+    # a provider that submits again while resuming keeps its tag, for the next restart
+    assert stored[-1] == "other|req-again"
+
+
+async def test_an_id_stored_before_failover_resumes_on_the_jobs_own_provider() -> None:
+    first, second = AsyncQueueProvider("nexconn"), AsyncQueueProvider("gmi")
+    failover = FailoverProvider([first, second])
+    await failover.generate(REQUEST, ProviderCall(resume_id="r-legacy", resume_provider="gmi"))
+    assert second.resumed == ["r-legacy"] and first.resumed == []
+
+
+async def test_a_request_the_provider_took_is_never_sent_to_the_next() -> None:
+    # GMI accepted the job, then a poll failed: GMI still makes (and bills) the image
+    first = AsyncQueueProvider("gmi", fail_after_submit=RateLimited(120))
+    second = AsyncQueueProvider("other")
+    failover = FailoverProvider([first, second])
+    with pytest.raises(RateLimited):
+        await failover.generate(REQUEST)
+    assert second.submitted == 0
+    assert not failover.breakers["gmi"].closed  # it still counts against the provider
+
+
+async def test_a_post_that_timed_out_after_sending_is_not_sent_to_the_next(
+    nexconn: FakeNexconn, gemini: FakeGemini, clock: Clock
+) -> None:
+    nexconn.script(Reply(200, {}, delay=2.0))  # the request is in; the answer never comes
+    first = NexconnProvider(NX_KEY, nexconn.base_url, policy=FAST, timeout=0.3, sleep=Sleeps())
+    second = GeminiProvider(GM_KEY, gemini.base_url, policy=FAST, timeout=5.0, sleep=Sleeps())
+    failover = FailoverProvider([first, second], clock=clock)
+    try:
+        with pytest.raises(ProviderTimeout) as timed_out:
+            await failover.generate(REQUEST)
+    finally:
+        await failover.aclose()
+    assert timed_out.value.maybe_billed
+    assert len(nexconn.requests) == 1 and gemini.requests == []
+
+
+def test_failures_of_one_outage_open_the_breaker_once() -> None:
+    clock = Clock()
+    breaker = Breaker(BreakerPolicy(cooldown=10, max_cooldown=600), clock)
+    tickets = [breaker.begin() for _ in range(8)]  # eight requests in flight
+    for ticket in tickets:
+        breaker.failed(ticket)
+    assert breaker.state.failures == 1 and breaker.state.open_until == clock.now + 10
+
+
+def test_only_the_trial_releases_the_trial() -> None:
+    clock = Clock()
+    breaker = Breaker(BreakerPolicy(cooldown=10), clock)
+    old = breaker.begin()  # started while closed, still running
+    breaker.failed(breaker.begin())
+    clock.now += 10
+    trial = breaker.begin()
+    breaker.released(old)  # the old request ends with a safety block: no verdict
+    assert not breaker.available()  # the trial is still the only one
+    breaker.released(trial)
+    assert breaker.available()
 
 
 def test_breaker_states() -> None:
     clock = Clock()
     breaker = Breaker(BreakerPolicy(cooldown=10, max_cooldown=25), clock)
     assert breaker.available()
-    breaker.failed()
+    breaker.failed(breaker.begin())
     assert not breaker.available()
     clock.now += 10
     assert breaker.available()
-    breaker.begin()  # the trial
+    trial = breaker.begin()
     assert not breaker.available()  # only one trial at a time
-    breaker.failed()
+    breaker.failed(trial)
     assert breaker.state.open_until == clock.now + 20
-    breaker.failed()
+    clock.now += 20
+    breaker.failed(breaker.begin())
     assert breaker.state.open_until == clock.now + 25  # capped
     breaker.succeeded()
     assert breaker.closed and breaker.available()

@@ -52,9 +52,14 @@ def who(user: str = "alice", workspace: str = "guild-1", channel: str = "general
 
 
 def admission(
-    policy: Policy, user: str = "alice", *, cost: float = 0.039, at: float = NOW
+    policy: Policy,
+    user: str = "alice",
+    *,
+    cost: float = 0.039,
+    at: float = NOW,
+    workspace: str = "guild-1",
 ) -> Admission:
-    return Admission(who(user), policy, cost, UTC, at)
+    return Admission(who(user, workspace), policy, cost, UTC, at)
 
 
 class Ledger:
@@ -103,7 +108,11 @@ class Ledger:
         thread_id = await self.thread(user, workspace)
         target = store or self.store
         job = self.job(job_id, thread_id, user, **values)
-        check = None if policy is None else admission(policy, user, at=job.created_at + 1)
+        check = (
+            None
+            if policy is None
+            else admission(policy, user, at=job.created_at + 1, workspace=workspace)
+        )
         await target.add_job(job, admission=check)
 
 
@@ -194,17 +203,23 @@ async def test_made_and_delivered_jobs_keep_counting(store: SqlStore) -> None:
     assert refused.value.user_message.startswith("You've made 1 of your 1 image today")
 
 
-async def test_yesterdays_images_and_other_workspaces_do_not_count(store: SqlStore) -> None:
+async def test_yesterdays_images_do_not_count_and_other_workspaces_count_for_the_user_only(
+    store: SqlStore,
+) -> None:
     ledger = Ledger(store)
-    policy = Policy(user_daily_limit=1, workspace_daily_limit=2)
     yesterday = datetime(2026, 12, 2, 23, 59, tzinfo=UTC).timestamp()
     await ledger.add("old", created_at=yesterday)
-    await ledger.add("elsewhere", workspace="guild-2")
-    await ledger.add("today", policy=policy)
-    await ledger.add("bob", "bob", policy=policy)
+    await ledger.add("bob-elsewhere", "bob", workspace="guild-2")
+    await ledger.add("today", policy=Policy(user_daily_limit=1, workspace_daily_limit=2))
+    # bob's image in another server does not count for this one's day...
+    await ledger.add("bob", "bob", policy=Policy(workspace_daily_limit=2))
     with pytest.raises(PolicyRefused) as refused:
-        await ledger.add("carol", "carol", policy=policy)
+        await ledger.add("carol", "carol", policy=Policy(workspace_daily_limit=2))
     assert refused.value.refusal.rule is Rule.WORKSPACE_DAILY
+    # ...but a person's day is one day wherever they ask: DMs and other servers count
+    with pytest.raises(PolicyRefused) as refused:
+        await ledger.add("bob-again", "bob", policy=Policy(user_daily_limit=2), workspace="@dm")
+    assert refused.value.refusal.rule is Rule.USER_DAILY
 
 
 async def test_a_day_given_back_starts_the_users_count_again(store: SqlStore) -> None:
@@ -331,3 +346,13 @@ async def test_admission_is_exact_across_real_processes(store: SqlStore, databas
     assert len(admitted) == 3  # sixteen tries in four processes, a limit of three
     lines = await store.usage_lines(NOW - 86400, NOW + 3600)
     assert [line.images for line in lines] == [3]
+
+
+async def test_a_thread_without_jobs_or_turns_can_be_discarded(store: SqlStore) -> None:
+    ledger = Ledger(store)
+    empty = await ledger.thread()
+    assert await store.discard_thread(empty)
+    assert await store.get_thread(empty) is None
+    await ledger.add("j1")  # thread-2, with a job
+    assert not await store.discard_thread("thread-2")
+    assert await store.get_thread("thread-2") is not None

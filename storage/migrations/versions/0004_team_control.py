@@ -6,9 +6,11 @@ Create Date: 2026-12-03
 
 Every job now records its workspace and channel (copied from its thread, so counting a
 workspace's day needs no join), its estimated cost in US$ (fixed when it is accepted) and
-the tokens its answer used. Jobs recorded before this get their thread's place, a cost of 0
-(their price was never recorded) and their turn's tokens. `workspace_settings` holds what a
-workspace's admins set at run time, which wins over the environment.
+the tokens its answer used. Jobs recorded before this get their thread's place, their
+turn's tokens, and — never priced — Gemini 2.5 Flash Image's list price (US$ 0.039) when
+that was their model, else 0, so the month of the upgrade still counts what it spent.
+`workspace_settings` holds what a workspace's admins set at run time, which wins over the
+environment.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def upgrade() -> None:
         "workspace = (SELECT threads.workspace FROM threads WHERE threads.id = jobs.thread_id), "
         "channel = (SELECT threads.channel FROM threads WHERE threads.id = jobs.thread_id)"
     )
+    # the month of the upgrade keeps counting what was spent before it: list price
+    op.execute(
+        "UPDATE jobs SET cost_usd = 0.039 WHERE model LIKE 'gemini-2.5-flash-image%' "
+        "AND status NOT IN ('failed', 'cancelled')"
+    )
     op.execute(
         "UPDATE jobs SET tokens = "
         "(SELECT turns.total_tokens FROM turns WHERE turns.id = jobs.turn_id) "
@@ -47,6 +54,7 @@ def upgrade() -> None:
             "ix_jobs_platform_workspace_created_at", ["platform", "workspace", "created_at"]
         )
         batch.create_index("ix_jobs_created_at", ["created_at"])
+        batch.create_index("ix_jobs_user_id_created_at", ["user_id", "created_at"])
     op.create_table(
         "workspace_settings",
         sa.Column("platform", sa.String(32), nullable=False),
@@ -61,6 +69,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("workspace_settings")
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_index("ix_jobs_user_id_created_at")
         batch.drop_index("ix_jobs_created_at")
         batch.drop_index("ix_jobs_platform_workspace_created_at")
         for column in ("tokens", "cost_usd", "channel", "workspace"):
