@@ -162,3 +162,21 @@ async def test_reframe_is_an_edit_of_that_turn_at_another_ratio(
 def test_made_with_names_model_size_and_provider() -> None:
     assert made_with(PRO, "2K", "gmi") == "Gemini 3 Pro Image · 2K · via GMI Cloud"
     assert made_with(FLASH, None, "nexconn") == "Gemini 2.5 Flash Image · via Nexconn"
+
+
+async def test_reframe_recomposes_the_image_it_was_chosen_under_even_if_an_edit_lands_first(
+    core: ImagineBot, provider: RecordingProvider
+) -> None:
+    sink = CollectingSink()
+    await core.imagine(ImagineRequest(key(), "alice", "a lighthouse"), sink)
+    await settle(core)
+    first = sink.deliveries[-1].turn
+    gate = provider.hold()
+    await core.edit(EditRequest("alice", "make it blue", turn_id=first.id), sink)
+    await core.reframe(first.id, "16:9", "alice", sink)  # chosen under the first image
+    gate.set()
+    await settle(core)
+    blue, reframed = provider.requests[-2], provider.requests[-1]
+    assert blue.prompt == "make it blue"
+    assert reframed.history[-1].result.data == provider.results[0].image.data
+    assert sink.deliveries[-1].turn.parent_id == first.id
