@@ -5,6 +5,11 @@ The model needs those images for context (what the picture looked like two edits
 for their pixels: a copy whose long side is at most `LONG_SIDE` px, as JPEG, keeps what it
 shows at a few percent of the bytes (at most `BUDGET`). Copies are made once per image (by
 sha256) and kept in memory, in a worker process for big images, never on the event loop.
+
+An image with no smaller copy — small already, or one Pillow cannot read (HEIC/HEIF without
+an HEVC decoder, a corrupt or oversized file) — is remembered by a marker ("send as is"), not
+by its bytes: the memory holds only reduced copies, at most `max_entries` of them and
+`max_bytes` in all.
 """
 
 from __future__ import annotations
@@ -67,21 +72,37 @@ class Shrinker:
     """Older history images at reduced size, each made once (by sha256) and remembered."""
 
     def __init__(
-        self, long_side: int = LONG_SIDE, budget: int = BUDGET, max_entries: int = 512
+        self,
+        long_side: int = LONG_SIDE,
+        budget: int = BUDGET,
+        max_entries: int = 512,
+        max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.long_side = long_side
         self.budget = budget
         self._max = max_entries
-        self._done: OrderedDict[str, Image] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._done: OrderedDict[str, Image | None] = OrderedDict()
+        """sha256 → the reduced copy, or None: no smaller copy, send the image as is."""
+        self._bytes = 0
         self._in_flight: dict[str, asyncio.Task[Image]] = {}
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the reduced copies held (markers hold none)."""
+        return self._bytes
+
+    def known(self, sha256: str) -> bool:
+        """Whether the image's outcome (a copy, or "send as is") is remembered."""
+        return sha256 in self._done
 
     async def smaller(self, image: Image) -> Image:
         """The reduced copy of `image` (or `image` itself when it is small already or
         cannot be read: the provider then judges it, as it would have before)."""
-        done = self._done.get(image.sha256)
-        if done is not None:
+        if image.sha256 in self._done:
             self._done.move_to_end(image.sha256)
-            return done
+            done = self._done[image.sha256]
+            return image if done is None else done
         task = self._in_flight.get(image.sha256)
         if task is None:
             task = asyncio.ensure_future(self._make(image))
@@ -95,14 +116,22 @@ class Shrinker:
             ok, value = await asyncio.to_thread(shrink, *args)
         else:
             ok, value = await offload.run(shrink, *args)
-        result = image
+        copy: Image | None = None  # unreadable, small already, or no smaller: as is
         if ok and value is not None:
             data, mime = value
-            result = await Image.from_bytes(data, mime)
-        self._done[image.sha256] = result
-        while len(self._done) > self._max:
-            self._done.popitem(last=False)
-        return result
+            copy = await Image.from_bytes(data, mime)
+        self._remember(image.sha256, copy)
+        return image if copy is None else copy
+
+    def _remember(self, sha256: str, copy: Image | None) -> None:
+        """Keep `copy` (None: "send as is", no bytes held), the oldest dropped while there
+        are more than `max_entries` or the copies take more than `max_bytes`."""
+        old = self._done.pop(sha256, None)
+        self._bytes += (copy.size if copy is not None else 0) - (old.size if old is not None else 0)
+        self._done[sha256] = copy
+        while len(self._done) > self._max or self._bytes > self._max_bytes:
+            _, dropped = self._done.popitem(last=False)
+            self._bytes -= dropped.size if dropped is not None else 0
 
 
 __all__ = ["BUDGET", "LONG_SIDE", "Shrinker", "shrink"]
