@@ -14,13 +14,21 @@ the google-genai SDK uses (`files.upload`, `_api_client.upload_file`):
    state, expirationTime, …}}` with `X-Goog-Upload-Status: final`.
 
 Like the SDK with a custom base URL, the upload URL is sent to the configured origin (its
-scheme and host are replaced by the base URL's), so the API key never goes elsewhere.
+scheme and host are replaced by the base URL's), so the API key never goes elsewhere; a base
+URL with a path (a gateway at `https://gw/gemini`) keeps it: the upload URL's path is put under
+it unless it is there already.
 
 What is remembered: `(scope, sha256) → (uri, mime, expiry)` in memory, where the scope is a
 hash of the API key and base URL (a file belongs to the project of the key that made it).
 Nothing is persisted: after a restart an image is uploaded again on first use. An entry is
 treated as gone an hour before Google's `expirationTime` (files live 48 h), so a request never
 names a file that expires while the model reads it.
+
+A refusal is remembered too, for `REFUSAL_MEMORY` (10 minutes): when the Files API refuses an
+upload (a gateway without it answers 404, or something that is no upload answer), no image of
+that scope is offered to it meanwhile — they go inline, with no request — and after that the
+next image tries again. A file Google failed to process is remembered as refused for that
+image only.
 """
 
 from __future__ import annotations
@@ -64,6 +72,10 @@ MARGIN: Final = 3600.0
 MAX_ANSWER: Final = 1024 * 1024
 PROCESSING_POLLS: Final = (0.2, 0.5, 1.0)
 """Waits before re-reading a file still `PROCESSING` (images are `ACTIVE` at once in practice)."""
+REFUSAL_MEMORY: Final = 600.0
+"""Seconds a refused upload is remembered: meanwhile the images go inline, untried."""
+EVERY_IMAGE: Final = ""
+"""The refusal key of a whole scope (its Files API refused), not of one image."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +121,28 @@ class FileCache:
 
     def __init__(self, max_entries: int = 4096, clock: Callable[[], float] = time.time) -> None:
         self._entries: OrderedDict[tuple[str, str], Uploaded] = OrderedDict()
+        self._refusals: OrderedDict[tuple[str, str], float] = OrderedDict()
+        """`(scope, sha256 or EVERY_IMAGE)` → until when (epoch seconds) not to try."""
         self._max = max_entries
         self._clock = clock
+
+    def refused(self, scope: str, sha256: str) -> bool:
+        """Whether an upload of this image (or any of this scope) was refused lately."""
+        now = self._clock()
+        for key in ((scope, EVERY_IMAGE), (scope, sha256)):
+            until = self._refusals.get(key)
+            if until is not None and until <= now:
+                del self._refusals[key]
+            elif until is not None:
+                return True
+        return False
+
+    def refuse(self, scope: str, sha256: str = EVERY_IMAGE) -> None:
+        """Remember a refusal for `REFUSAL_MEMORY` seconds: of one image, or of the scope."""
+        self._refusals[(scope, sha256)] = self._clock() + REFUSAL_MEMORY
+        self._refusals.move_to_end((scope, sha256))
+        while len(self._refusals) > self._max:
+            self._refusals.popitem(last=False)
 
     def get(self, scope: str, sha256: str) -> Uploaded | None:
         """The file, unless it is gone or about to be."""
@@ -137,10 +169,17 @@ class FileCache:
         return len(self._entries)
 
 
-def _same_origin(url: str, base: httpx.URL) -> httpx.URL:
-    """The upload URL on the configured origin (the SDK does this for a custom base URL)."""
+def _on_base(url: str, base: httpx.URL) -> httpx.URL:
+    """The upload URL on the configured origin (the SDK does this for a custom base URL),
+    under the base URL's path: a gateway at `https://gw/gemini` that passes Google's
+    `…/upload/v1beta/files?upload_id=…` through gets `https://gw/gemini/upload/…`, one that
+    names its own `https://gw/gemini/upload/…` keeps it."""
     parsed = httpx.URL(url)
-    return parsed.copy_with(scheme=base.scheme, host=base.host, port=base.port)
+    prefix = base.path.rstrip("/")
+    path = parsed.path
+    if prefix and path != prefix and not path.startswith(f"{prefix}/"):
+        path = f"{prefix}{path}"
+    return parsed.copy_with(scheme=base.scheme, host=base.host, port=base.port, path=path)
 
 
 def _file_of(body: Any, now: float) -> tuple[Uploaded, str]:
@@ -194,12 +233,15 @@ class GeminiFiles:
         """The file for `image`, uploading it unless a live one is remembered.
 
         None means "send it inline": the Files API refused it (a gateway without the Files
-        API, a file Google failed to process). Rate limits, outages and a bad key are raised,
-        as the generation itself would meet them too.
+        API, a file Google failed to process), now or within `REFUSAL_MEMORY` — then no
+        request is made. Rate limits, outages and a bad key are raised, as the generation
+        itself would meet them too.
         """
         known = self._cache.get(self._scope, image.sha256)
         if known is not None:
             return known
+        if self._cache.refused(self._scope, image.sha256):
+            return None
         task = self._in_flight.get(image.sha256)
         if task is None:
             task = asyncio.ensure_future(self._upload(image))
@@ -212,10 +254,17 @@ class GeminiFiles:
             uploaded, state = await self._retrying(image)
             if state == "PROCESSING":
                 uploaded, state = await self._until_active(uploaded)
-        except ProviderRejected as exc:
-            log.warning("Gemini Files API refused an image, sending it inline: %s", exc.detail)
+        except (ProviderRejected, InvalidProviderResponse) as exc:
+            self._cache.refuse(self._scope)
+            log.warning(
+                "Gemini Files API refused an upload; images go inline for the next %.0f "
+                "minutes: %s",
+                REFUSAL_MEMORY / 60,
+                exc.detail,
+            )
             return None
         if state not in ("ACTIVE", "STATE_UNSPECIFIED"):
+            self._cache.refuse(self._scope, image.sha256)
             log.warning("Gemini file %s is %s, sending the image inline", uploaded.name, state)
             return None
         self._cache.put(self._scope, image.sha256, uploaded)
@@ -255,7 +304,7 @@ class GeminiFiles:
         upload_url = started.headers.get("x-goog-upload-url")
         if not upload_url:
             raise InvalidProviderResponse(detail="Files API start without X-Goog-Upload-URL")
-        target = _same_origin(upload_url, self._client.base_url)
+        target = _on_base(upload_url, self._client.base_url)
         finish_headers = {"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"}
         done, body = await self._send("POST", str(target), finish_headers, content=image.data)
         status = done.headers.get("x-goog-upload-status")
@@ -308,4 +357,4 @@ class GeminiFiles:
         raise error
 
 
-__all__ = ["FileCache", "GeminiFiles", "Uploaded", "parse_expiry", "scope_of"]
+__all__ = ["REFUSAL_MEMORY", "FileCache", "GeminiFiles", "Uploaded", "parse_expiry", "scope_of"]

@@ -39,10 +39,12 @@ Google's Files API (`bot.providers.files`, the SDK's resumable upload) and is na
 `thoughtSignature` and `thought` flag are echoed exactly as before. Uploads are remembered in
 memory per API key and base URL by sha256, made concurrently, and done again when Google
 has expired the file (48 h): before use when its `expirationTime` is within the hour, and
-after the fact when Google answers 403 PERMISSION_DENIED / 404 NOT_FOUND (or a 400 about a
-file) to a request that named files — those are uploaded again and the request is sent once
-more. Images under 32 KB stay inline. If the Files API refuses an upload (a gateway without
-it), that image goes inline.
+after the fact when Google answers 403 PERMISSION_DENIED / 404 NOT_FOUND whose message speaks
+of a file (or a 400 saying a file expired or is not found) to a request that named files —
+those are uploaded again and the request is sent once more; any other 403/404 (a model not
+found, the API not enabled) is the user's error at once. Images under 32 KB stay inline. If
+the Files API refuses an upload (a gateway without it), the images go inline, and none is
+offered to it again for ten minutes.
 
 The model is the provider's id from `bot.catalog`; a chosen size goes in
 `generationConfig.imageConfig.imageSize` (`1K`, `2K`, `4K`; google-genai's
@@ -534,19 +536,24 @@ class _FileGone(ImagineError):
 _FILE_GONE_WORDS: Final = re.compile(
     r"file.*(not exist|not found|expired|no longer|inactive|not active)", re.I
 )
+_FILE_WORDS: Final = re.compile(r"\bfiles?\b|file_?data|file_?uri", re.I)
 
 
 def file_gone(response: httpx.Response, body: Any) -> bool:
     """Whether an error answer to a request naming files means one of them is gone.
 
-    Google answers 403 PERMISSION_DENIED ("…access the File … or it may not exist") for a
-    file that expired or belongs to another project, 404 NOT_FOUND for a deleted one.
+    Google answers 403 PERMISSION_DENIED ("You do not have permission to access the File …
+    or it may not exist") for a file that expired or belongs to another project, 404
+    NOT_FOUND ("File files/… is not found") for a deleted one. A 403 or 404 that does not
+    speak of a file — "models/… is not found", "Generative Language API has not been used
+    in project …" — is no file's fault: uploading the history again would not help.
     """
     err = body.get("error") if isinstance(body, dict) else None
     google_status = str(err.get("status", "")) if isinstance(err, dict) else ""
+    message = error_message(body)
     if response.status_code in (403, 404) or google_status in ("NOT_FOUND", "PERMISSION_DENIED"):
-        return True
-    return response.status_code == 400 and bool(_FILE_GONE_WORDS.search(error_message(body)))
+        return bool(_FILE_WORDS.search(message))
+    return response.status_code == 400 and bool(_FILE_GONE_WORDS.search(message))
 
 
 def _map_error_naming_files(response: httpx.Response, body: Any) -> ImagineError:

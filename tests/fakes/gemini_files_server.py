@@ -10,6 +10,11 @@
   PERMISSION_DENIED, as Google answers.
 
 Every generateContent model path is served (`/v1beta/models/*:generateContent`).
+
+A gateway mounted under a path (`prefix="/gemini"`: `{base}/gemini/v1beta/…`) answers only
+under it; a request elsewhere is kept in `strays` and answered 404. Its `X-Goog-Upload-URL`
+names `upload_origin` (say Google's, as a gateway passing Google's answer through would),
+or by default this server under the prefix.
 """
 
 from __future__ import annotations
@@ -66,9 +71,20 @@ def file_json(stored: StoredFile) -> dict[str, Any]:
 
 
 class FakeGeminiFiles(FakeGemini):
-    def __init__(self, api_key: str, *, lifetime: float = 48 * 3600.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        lifetime: float = 48 * 3600.0,
+        prefix: str = "",
+        upload_origin: str | None = None,
+    ) -> None:
         super().__init__(api_key)
         self.lifetime = lifetime
+        self.prefix = prefix.rstrip("/")
+        self.upload_origin = upload_origin
+        self.strays: list[Recorded] = []
+        """Requests outside the prefix (answered 404)."""
         self.files: dict[str, StoredFile] = {}
         self.starts: list[Recorded] = []
         self.finishes: list[Recorded] = []
@@ -96,14 +112,20 @@ class FakeGeminiFiles(FakeGemini):
             json=_json(raw),
             raw=raw,
         )
-        if request.path == UPLOAD:
+        path = request.path
+        if self.prefix:
+            if not path.startswith(f"{self.prefix}/"):
+                self.strays.append(recorded)
+                return _json_response(404, error_body(404, "NOT_FOUND", f"no route {path}"))
+            path = path.removeprefix(self.prefix)
+        if path == UPLOAD:
             return self._upload(request, recorded)
-        if request.path.startswith("/v1beta/files/") and request.method == "GET":
-            stored = self.files.get(request.path.removeprefix("/v1beta/"))
+        if path.startswith("/v1beta/files/") and request.method == "GET":
+            stored = self.files.get(path.removeprefix("/v1beta/"))
             if stored is None:
                 return _json_response(404, error_body(404, "NOT_FOUND", "File not found."))
             return _json_response(200, file_json(stored))
-        if request.path.endswith(":generateContent"):
+        if path.endswith(":generateContent"):
             self.generations.append(recorded)
             missing = self._missing_files(recorded.json) if self.authorized(recorded) else None
             if missing is not None:
@@ -141,7 +163,8 @@ class FakeGeminiFiles(FakeGemini):
             length = int(recorded.headers["x-goog-upload-header-content-length"])
             mime = recorded.headers["x-goog-upload-header-content-type"]
             self._sessions[session] = (length, mime)
-            url = f"{self.base_url}{UPLOAD}?upload_id={session}&upload_protocol=resumable"
+            origin = self.upload_origin or f"{self.base_url}{self.prefix}"
+            url = f"{origin}{UPLOAD}?upload_id={session}&upload_protocol=resumable"
             return web.Response(
                 status=200,
                 body=b"",

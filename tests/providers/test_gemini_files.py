@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from bot.errors import BadApiKey
+from bot.errors import BadApiKey, ImagineError, ProviderRejected
 from bot.models import HistoryTurn, ImageRequest, ImageResult
-from bot.providers.files import FileCache, parse_expiry
+from bot.providers.files import REFUSAL_MEMORY, FileCache, parse_expiry
 from bot.providers.gemini import GeminiProvider
 from tests.fakes.gemini_files_server import UPLOAD, FakeGeminiFiles
 from tests.fakes.gemini_server import (
@@ -26,7 +26,7 @@ from tests.fakes.gemini_server import (
     image_part,
     text_part,
 )
-from tests.fakes.scripted_json_server import Reply, b64, png
+from tests.fakes.scripted_json_server import Recorded, Reply, b64, png
 from tests.providers.support import FAST, Sleeps, history_turn, image, within
 
 KEY = "AIza-files-key"
@@ -296,12 +296,63 @@ async def test_a_second_refusal_is_the_users_error_not_a_loop(
 ) -> None:
     turns = await build_thread(server, provider, 3)
     generations = len(server.generations)
-    denied = error_body(403, "PERMISSION_DENIED", "The caller does not have permission")
+    message = "You do not have permission to access the File abc or it may not exist."
+    denied = error_body(403, "PERMISSION_DENIED", message)
     server.script(Reply(403, denied), Reply(403, denied))
 
     with pytest.raises(BadApiKey):
         await within(provider.generate(request("again", history=tuple(turns))))
     assert len(server.generations) == generations + 2
+
+
+@pytest.mark.parametrize(
+    ("status", "google_status", "message", "error"),
+    [
+        (
+            404,
+            "NOT_FOUND",
+            "models/gemini-x is not found for API version v1beta, or is not supported for "
+            "generateContent. Call ListModels to see the list of available models and their "
+            "supported methods.",
+            ProviderRejected,
+        ),
+        (
+            403,
+            "PERMISSION_DENIED",
+            "Generative Language API has not been used in project 123 before or it is "
+            "disabled. Enable it by visiting https://console.developers.google.com/apis/api/"
+            "generativelanguage.googleapis.com/overview?project=123 then retry.",
+            BadApiKey,
+        ),
+        (403, "PERMISSION_DENIED", "The caller does not have permission", BadApiKey),
+    ],
+)
+async def test_a_403_or_404_about_no_file_is_the_users_error_without_uploading_again(
+    server: FakeGeminiFiles,
+    provider: GeminiProvider,
+    status: int,
+    google_status: str,
+    message: str,
+    error: type[ImagineError],
+) -> None:
+    turns = await build_thread(server, provider, 3)
+    await warm(provider, turns)
+    uploads, starts, generations = len(server.uploads), len(server.starts), len(server.generations)
+    server.script(Reply(status, error_body(status, google_status, message)))
+
+    with pytest.raises(error) as caught:
+        await within(provider.generate(request("again", history=tuple(turns))))
+    await within(provider.idle())
+
+    assert len(server.generations) == generations + 1  # not sent again
+    assert (len(server.uploads), len(server.starts)) == (uploads, starts)  # nothing re-uploaded
+    assert message[:40] in caught.value.detail
+    # the files are still remembered: the next edit names them, uploading nothing
+    await within(provider.generate(request("once more", history=tuple(turns))))
+    assert len(server.starts) == starts
+    assert model_images(server.generations[-1].json)[0]["fileData"]["fileUri"] == (
+        server.uri_of(colour(0))
+    )
 
 
 async def test_a_file_near_its_expiry_is_uploaded_again_before_use(
@@ -335,6 +386,95 @@ async def test_without_a_files_api_the_history_goes_inline() -> None:
     [sent] = generate
     parts = model_images(sent.json)
     assert base64.b64decode(parts[0]["inline_data"]["data"]) == first
+
+
+class NoUploads(FakeGemini):
+    """A gateway whose upload path answers 200 with no upload in it."""
+
+    paths = frozenset({GENERATE, UPLOAD})
+
+    def default_reply(self, request: Recorded) -> Reply:
+        if request.path == UPLOAD:
+            return Reply(200, {"ok": True})
+        return super().default_reply(request)
+
+
+@pytest.mark.parametrize("gateway", [FakeGemini, NoUploads], ids=["404", "no-upload-answer"])
+async def test_a_refused_upload_is_not_tried_again_for_ten_minutes(
+    gateway: type[FakeGemini], clock: Clock
+) -> None:
+    plain = gateway(KEY)
+    await plain.start()
+    p = GeminiProvider(
+        KEY,
+        plain.base_url,
+        policy=FAST,
+        files=FileCache(clock=clock),
+        upload_min_bytes=0,
+        clock=clock,
+    )
+    turns = tuple(
+        history_turn("gemini", f"step {n}", ImageResult(images=(image(colour(n)),)))
+        for n in range(3)
+    )
+
+    def attempts() -> int:
+        return len([r for r in plain.requests if r.path == UPLOAD])
+
+    async def edit(prompt: str) -> dict[str, Any]:
+        await within(p.generate(request(prompt, history=turns)))
+        await within(p.idle())  # and the upload ahead of the next edit, if any is tried
+        [*_, sent] = [r for r in plain.requests if r.path == GENERATE]
+        body: dict[str, Any] = sent.json
+        return body
+
+    try:
+        first = await edit("a")
+        # the two older images were tried at once, both refused; the upload of the edited
+        # image ahead of the next edit came after the refusal: not tried
+        assert attempts() == 2
+        clock.now += REFUSAL_MEMORY - 1
+        second = await edit("b")
+        assert attempts() == 2  # still remembered: no upload attempt at all
+        clock.now += 2
+        await edit("c")
+        assert attempts() == 4  # the memory has run out: tried again (and refused again)
+    finally:
+        await p.aclose()
+        await plain.close()
+    for body in (first, second):
+        parts = model_images(body)
+        assert [base64.b64decode(part["inline_data"]["data"]) for part in parts] == [
+            colour(n) for n in range(3)
+        ]
+
+
+@pytest.mark.parametrize(
+    "upload_origin",
+    [None, "https://generativelanguage.googleapis.com"],
+    ids=["gateway-names-itself", "gateway-passes-googles-url"],
+)
+async def test_a_gateway_under_a_path_gets_the_whole_upload_under_it(
+    upload_origin: str | None,
+) -> None:
+    gateway = FakeGeminiFiles(KEY, prefix="/gemini", upload_origin=upload_origin)
+    await gateway.start()
+    p = GeminiProvider(KEY, f"{gateway.base_url}/gemini/", policy=FAST, upload_min_bytes=0)
+    try:
+        turns = await build_thread(gateway, p, 3)
+        await within(p.generate(request("on file", history=tuple(turns))))
+        await within(p.idle())
+    finally:
+        await p.aclose()
+        await gateway.close()
+
+    assert gateway.strays == []
+    assert [f.data for f in gateway.uploads] == [colour(0), colour(1), colour(2)]
+    assert {r.path for r in (*gateway.starts, *gateway.finishes)} == {f"/gemini{UPLOAD}"}
+    finish, *_ = gateway.finishes
+    assert finish.headers["x-goog-api-key"] == KEY
+    parts = model_images(gateway.generations[-1].json)
+    assert parts[0] == {"fileData": {"mimeType": "image/png", "fileUri": gateway.uri_of(colour(0))}}
 
 
 async def test_small_images_stay_inline_by_default(server: FakeGeminiFiles) -> None:
