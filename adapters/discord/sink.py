@@ -11,12 +11,17 @@ job resumed after a restart delivers the same way as a fresh one:
   reply carrying the image (the progress message is then removed);
 - where the bot user cannot post (`Destination.bot_absent`: a user-installed command in a
   server without the bot, a group DM), the interaction webhook is the only way: a followup
-  message when `@original` can't be edited, and nothing once the token is gone.
+  message when `@original` can't be edited, and nothing once the token is gone. Such a job
+  that starts after that (it waited in the queue) makes an image no one can receive: the
+  sink says so in the log when it starts generating, and `deliver` raises `AnswerExpired`
+  naming the job and why (the core has no hook yet through which an adapter could stop
+  the provider call before it is paid for).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -33,6 +38,8 @@ from bot.models import Job
 from .buttons import cancel_view, retry_view, turn_view
 from .convert import (
     DEFAULT_UPLOAD_LIMIT,
+    TOKEN_LIFETIME,
+    TOKEN_MARGIN,
     Destination,
     caption_embed,
     failure_text,
@@ -49,6 +56,20 @@ ORIGINAL: Final = cast(int, "@original")
 interaction's own response is `@original`."""
 
 _TOKEN_GONE = frozenset({401, 403, 404})
+
+
+class AnswerExpired(ImagineError):
+    """Nothing can reach the requester any more: the bot user cannot post in the channel
+    and Discord no longer accepts the interaction's token (15 minutes, or refused)."""
+
+    code = "answer_expired"
+
+    def __init__(self, *, detail: str | None = None) -> None:
+        super().__init__(
+            "This request waited longer than Discord lets the bot answer it (15 minutes). "
+            "Please run the command again.",
+            detail=detail,
+        )
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -72,6 +93,7 @@ class DiscordSink:
         self._token_dead = False
         self._progress_message: int | None = None
         self._last_text: str | None = None
+        self._warned = False
 
     # --- ReplySink --------------------------------------------------------------------------
 
@@ -84,6 +106,15 @@ class DiscordSink:
             if text == self._last_text:
                 return
             self._last_text = text
+            if update.phase is Phase.GENERATING and not self._warned:
+                reason = self._unreachable()
+                if reason is not None:
+                    self._warned = True
+                    log.warning(
+                        "job %s is generating an image that cannot be delivered: %s",
+                        update.job.id,
+                        reason,
+                    )
             view = cancel_view(update.job.id) if update.phase is not Phase.UPLOADING else None
             if self._use_token():
                 await self._edit_original(content=text, view=view)
@@ -112,7 +143,12 @@ class DiscordSink:
                 if message is not None:
                     return str(message.id)
             if self.destination.bot_absent:
-                return str(await self._followup(embed=embed, file=file(), view=view))
+                what = f"job {delivery.job.id}'s image (turn {delivery.turn.id})"
+                return str(
+                    await self._followup(
+                        what, embed=embed, file=file(), view=view, level=logging.ERROR
+                    )
+                )
             return str(await self._post_result(file(), embed, view))
 
     async def fail(self, job: Job | None, error: ImagineError) -> None:
@@ -130,8 +166,10 @@ class DiscordSink:
                 if await self._edit_original(content=text, embed=None, view=view()) is not None:
                     return
             if self.destination.bot_absent:
+                what = f"job {job.id if job else '?'}'s failure ({error.code})"
                 text = failure_text(error, job, mention=self.destination.user_id)
-                await self._followup(content=text, **_given(view=view()))
+                with contextlib.suppress(AnswerExpired):  # logged: no one is left to tell
+                    await self._followup(what, content=text, **_given(view=view()))
                 return
             if self.destination.token is not None:  # expired: a fresh message names the user
                 text = failure_text(error, job, mention=self.destination.user_id)
@@ -184,24 +222,61 @@ class DiscordSink:
                 log.warning("editing the interaction response failed (HTTP %s)", exc.status)
             return None
 
-    async def _followup(self, **fields: Any) -> int:
+    def _unreachable(self) -> str | None:
+        """Why no answer can reach the requester, or None while one can."""
+        dest = self.destination
+        if not dest.bot_absent or self._use_token():
+            return None
+        where = f"the bot user cannot post in channel {dest.channel_id}"
+        if self._token_dead:
+            return f"{where} and Discord refused the interaction token"
+        if not dest.token or dest.application_id is None or dest.token_created_at is None:
+            return f"{where} and there is no interaction token to answer through"
+        age = self._clock() - dest.token_created_at
+        return (
+            f"{where} and its interaction token is {age / 60:.1f} min old (Discord accepts "
+            f"one for {TOKEN_LIFETIME / 60:.0f} min, the bot uses it for "
+            f"{(TOKEN_LIFETIME - TOKEN_MARGIN) / 60:.0f})"
+        )
+
+    async def _followup(self, what: str, *, level: int = logging.WARNING, **fields: Any) -> int:
         """A new message through the interaction webhook: where the bot user can't post,
-        the only way left while the token lives (Discord refuses it after 15 minutes)."""
+        the only way left while the token lives (Discord refuses it after 15 minutes).
+        When it cannot be sent, `AnswerExpired`, logged at `level` naming `what` and why."""
         dest = self.destination
         if self._token_dead or not dest.token_usable(self._clock()):
-            raise RuntimeError(f"no way to answer in channel {dest.channel_id}: token expired")
+            raise self._lost(what, level)
         assert dest.application_id is not None and dest.token is not None
         webhook = discord.Webhook.partial(
             dest.application_id, dest.token, client=self.runtime.client
         )
-        message = await webhook.send(
-            wait=True,
-            allowed_mentions=discord.AllowedMentions(
-                everyone=False, roles=False, users=[discord.Object(dest.user_id)]
-            ),
-            **fields,
-        )
+        try:
+            message = await webhook.send(
+                wait=True,
+                allowed_mentions=discord.AllowedMentions(
+                    everyone=False, roles=False, users=[discord.Object(dest.user_id)]
+                ),
+                **fields,
+            )
+        except discord.HTTPException as exc:
+            if exc.status not in _TOKEN_GONE:
+                raise
+            log.info("interaction token refused (HTTP %s) for a followup", exc.status)
+            self._token_dead = True
+            raise self._lost(what, level) from exc
         return message.id
+
+    def _lost(self, what: str, level: int) -> AnswerExpired:
+        """The error for an answer that cannot be sent, logged with who lost what and why."""
+        reason = self._unreachable() or "the interaction token is gone"
+        log.log(
+            level,
+            "%s could not be delivered to user %s: %s",
+            what,
+            self.destination.user_id,
+            reason,
+        )
+        return AnswerExpired(detail=f"{what} could not be delivered: {reason}")
 
     async def _show_progress_reply(self, text: str, view: discord.ui.View | None) -> None:
         channel = self._channel()

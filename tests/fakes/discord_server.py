@@ -31,6 +31,8 @@ from tests.fakes.loopback import serve
 
 API = "/api/v10"
 DISCORD_EPOCH_MS = 1420070400000
+TOKEN_LIFETIME_MS = 15 * 60 * 1000
+"""Discord accepts an interaction's token (its webhook) for 15 minutes."""
 
 INTENT_GUILDS = 1 << 0
 INTENT_GUILD_MESSAGES = 1 << 9
@@ -145,6 +147,9 @@ class FakeDiscord:
         """Channels the bot user is not in (a group DM, a server it was never added to):
         REST calls on them get 403 Missing Access, as Discord answers. Interaction
         webhooks still work there."""
+        self.refused_tokens: set[str] = set()
+        """Interaction tokens Discord no longer accepts (as it refuses every token 15 minutes
+        after its interaction, which the fake does too): their webhook calls get 401."""
         self.base_url = ""
         self._ids = itertools.count(100)
         self._blobs: dict[str, _Blob] = {}
@@ -610,7 +615,19 @@ class FakeDiscord:
             self._originals[token] = int(source["message"]["id"])
         return _json({"interaction": answer})
 
+    def _token_refused(self, token: str) -> bool:
+        """Refused by hand, or its interaction's id says it is over 15 minutes old."""
+        source = self._interactions.get(token, {})
+        if token in self.refused_tokens:
+            return True
+        if not str(source.get("id", "")).isdigit():
+            return False
+        created_ms = (int(source["id"]) >> 22) + DISCORD_EPOCH_MS
+        return time.time() * 1000 - created_ms > TOKEN_LIFETIME_MS
+
     def _webhook(self, method: str, token: str, rest: list[str], call: Call) -> web.Response:
+        if self._token_refused(token):
+            return _json({"message": "Invalid Webhook Token", "code": 50027}, 401)
         if not rest:  # followup: POST /webhooks/{app}/{token}
             source = self._interactions.get(token, {})
             channel = int(source.get("channel_id") or self.channel_id)

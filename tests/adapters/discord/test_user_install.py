@@ -4,11 +4,16 @@ buttons, 📐 and the Edit modal all answer through the interaction, never a cha
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from adapters.discord import user_install_url
 from bot.errors import NotAllowed
-from bot.models import TurnKind
+from bot.models import JobStatus, TurnKind
 from bot.providers.demo import DemoProvider
 from tests.fakes.discord_server import Call, FakeDiscord, User
 from tests.fakes.scripted_json_server import png
@@ -210,3 +215,70 @@ async def test_in_a_server_without_the_bot_a_refused_edit_falls_back_to_a_follow
     ]
     fake.failing_original_edits = 0
     no_channel_calls(fake, fake.channel_id)
+
+
+async def logged(caplog: pytest.LogCaptureFixture, *needles: str) -> logging.LogRecord:
+    """The first log record whose message holds every needle (waits for it)."""
+    async with asyncio.timeout(10):
+        while True:
+            for record in caplog.records:
+                if all(needle in record.getMessage() for needle in needles):
+                    return record
+            await asyncio.sleep(0.01)
+
+
+async def test_an_image_made_after_the_token_expired_where_the_bot_is_absent_is_logged(
+    bot: RunningBot, fake: FakeDiscord, alice: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A group DM job that starts once its interaction token has expired (it waited in the
+    queue): no one can be told anything, so the log names the job and why, at WARNING when
+    it starts generating and at ERROR when its image is lost, and the job is FAILED."""
+    caplog.set_level(logging.WARNING)
+    group_dm = fake.new_id()
+    fake.closed_channels.add(group_dm)
+    where: dict[str, Any] = {"private_channel": group_dm, "owners": {"1": str(alice.id)}}
+    payload = fake.slash(
+        alice, "a lighthouse that waited", at=datetime.now(UTC) - timedelta(minutes=16), **where
+    )
+    await send(fake, payload)
+
+    started = await logged(caplog, "is generating an image that cannot be delivered")
+    assert started.levelno == logging.WARNING
+    job_id = str(started.args[0]) if isinstance(started.args, tuple) else ""
+    assert f"channel {group_dm}" in started.getMessage()
+    assert "16.0 min old" in started.getMessage()
+    lost = await logged(caplog, f"job {job_id}'s image (turn ", "could not be delivered")
+    assert lost.levelno == logging.ERROR
+    assert f"to user {alice.id}" in lost.getMessage() and "min old" in lost.getMessage()
+    failure = await logged(caplog, f"job {job_id}'s failure", "could not be delivered")
+    assert failure.levelno == logging.WARNING
+
+    await bot.core.idle()
+    job = await bot.store.get_job(job_id)
+    assert job is not None and job.status is JobStatus.FAILED
+    # nothing was sent anywhere: not in the channel, not through the dead token
+    no_channel_calls(fake, group_dm)
+    assert not fake.find(lambda c: c.path.startswith(f"/webhooks/{fake.app_id}/{payload['token']}"))
+
+
+async def test_a_refused_token_where_the_bot_is_absent_is_logged_with_the_job(
+    bot: RunningBot, fake: FakeDiscord, alice: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Discord refuses the token (401 Invalid Webhook Token) while the bot still counts it
+    alive: the image can't go anywhere else, and the log says whose it was and why."""
+    caplog.set_level(logging.WARNING)
+    group_dm = fake.new_id()
+    fake.closed_channels.add(group_dm)
+    where: dict[str, Any] = {"private_channel": group_dm, "owners": {"1": str(alice.id)}}
+    payload = fake.slash(alice, "a kite in the rain", **where)
+    fake.refused_tokens.add(payload["token"])
+    await send(fake, payload)
+
+    lost = await logged(caplog, "'s image (turn ", "could not be delivered")
+    assert lost.levelno == logging.ERROR
+    assert "Discord refused the interaction token" in lost.getMessage()
+    await bot.core.idle()
+    refused = fake.find(lambda c: c.path.startswith(f"/webhooks/{fake.app_id}/{payload['token']}"))
+    assert refused and all(c.answer and c.answer["code"] == 50027 for c in refused)
+    assert not any(c.files for c in refused)  # the image was never offered to a dead token
+    no_channel_calls(fake, group_dm)
