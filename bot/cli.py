@@ -329,6 +329,14 @@ async def purge(settings: Settings, days: int | None = None) -> int:
     return 0
 
 
+def _missing_sqlite_file(database_url: str) -> Path | None:
+    """The SQLite file `database_url` names, when it does not exist (else None)."""
+    from storage.urls import parse_url, sqlite_path
+
+    path = sqlite_path(parse_url(database_url))
+    return path if path is not None and not path.exists() else None
+
+
 async def usage(
     settings: Settings,
     *,
@@ -349,6 +357,13 @@ async def usage(
         period = usage_period(first, last, tz, now())
     except BadDate as exc:
         print(f"imagine-bot usage: {exc}", file=sys.stderr)
+        return 2
+    missing = _missing_sqlite_file(settings.database_url)
+    if missing is not None:  # a report must not make an empty database and call it a ledger
+        print(
+            f"imagine-bot usage: no database at {missing} (DATABASE_URL); nothing to report",
+            file=sys.stderr,
+        )
         return 2
     try:
         store = await open_store(settings.database_url)

@@ -212,7 +212,17 @@ def test_an_empty_period_in_every_format(ledger: Path) -> None:
 
 
 def test_a_fresh_database_has_an_empty_ledger(tmp_path: Path) -> None:
+    assert run_cli(tmp_path, "console", stdin="/quit\n").returncode == 0  # makes the database
     assert usage(tmp_path, "--format", "json") == "[]\n"
+
+
+def test_a_database_that_does_not_exist_is_not_created(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "usage", DATABASE_URL=f"sqlite:///{tmp_path}/typo.db")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"imagine-bot usage: no database at {tmp_path}/typo.db (DATABASE_URL); nothing to report\n"
+    )
+    assert not (tmp_path / "typo.db").exists()
 
 
 @pytest.mark.parametrize(
