@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from bot.models import Job, JobStatus
 from bot.queue import positions
 from bot.scheduler import Worker
-from bot.sinks import Phase, Progress, ReplySink
+from bot.sinks import Phase, Progress, ReplySink, Undeliverable
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,14 @@ class LiveJob:
 
 
 async def safe_progress(sink: ReplySink, update: Progress) -> None:
-    """A progress update that fails is logged, never fatal to its job."""
+    """A progress update that fails is logged, never fatal to its job — except a sink that
+    says, as generation starts, that nothing can reach the user (`Undeliverable`)."""
     try:
         await sink.progress(update)
+    except Undeliverable:
+        if update.phase is Phase.GENERATING:
+            raise  # the runner fails the job before calling the provider
+        log.warning("job %s cannot be answered any more", update.job.id)
     except Exception:
         log.warning("progress update for job %s failed", update.job.id, exc_info=True)
 

@@ -11,7 +11,7 @@ from typing import Protocol
 from bot.errors import ImagineError
 from bot.models import Image, Job, Turn
 
-__all__ = ["Delivery", "Phase", "Progress", "ReplySink", "SinkFactory"]
+__all__ = ["Delivery", "Phase", "Progress", "ReplySink", "SinkFactory", "Undeliverable"]
 
 
 class Phase(StrEnum):
@@ -39,10 +39,22 @@ class Delivery:
     """User-facing warnings, e.g. that older turns were left out of the model's context."""
 
 
+class Undeliverable(ImagineError):
+    """Raised by a sink's `progress` for `Phase.GENERATING` when nothing it makes could
+    reach the user any more (a Discord interaction token past its 15 minutes where the bot
+    cannot post): the job fails there, before any provider call, so nobody pays for an image
+    nobody can receive, and it is given back to the user's limits."""
+
+    code = "undeliverable"
+
+
 class ReplySink(Protocol):
     """Where the answers to one job go. Implemented by each adapter."""
 
-    async def progress(self, update: Progress) -> None: ...
+    async def progress(self, update: Progress) -> None:
+        """Show a job's phase. Failures are logged and ignored, except `Undeliverable`
+        when generation starts, which ends the job before the provider is called."""
+        ...
 
     async def deliver(self, delivery: Delivery) -> str | None:
         """Show the image; return the platform id of the message showing it, to index."""

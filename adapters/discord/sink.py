@@ -34,6 +34,7 @@ from bot.core import Delivery, Phase, Progress, SinkFactory
 from bot.errors import ImagineError
 from bot.fit import fit_for_upload
 from bot.models import Job
+from bot.sinks import Undeliverable
 
 from .buttons import cancel_view, retry_view, turn_view
 from .convert import (
@@ -58,7 +59,7 @@ interaction's own response is `@original`."""
 _TOKEN_GONE = frozenset({401, 403, 404})
 
 
-class AnswerExpired(ImagineError):
+class AnswerExpired(Undeliverable):
     """Nothing can reach the requester any more: the bot user cannot post in the channel
     and Discord no longer accepts the interaction's token (15 minutes, or refused)."""
 
@@ -111,10 +112,11 @@ class DiscordSink:
                 if reason is not None:
                     self._warned = True
                     log.warning(
-                        "job %s is generating an image that cannot be delivered: %s",
+                        "job %s not generated: its image could not be delivered: %s",
                         update.job.id,
                         reason,
                     )
+                    raise AnswerExpired(detail=reason)  # before the provider: nothing paid
             view = cancel_view(update.job.id) if update.phase is not Phase.UPLOADING else None
             if self._use_token():
                 await self._edit_original(content=text, view=view)

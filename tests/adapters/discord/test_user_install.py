@@ -227,12 +227,16 @@ async def logged(caplog: pytest.LogCaptureFixture, *needles: str) -> logging.Log
             await asyncio.sleep(0.01)
 
 
-async def test_an_image_made_after_the_token_expired_where_the_bot_is_absent_is_logged(
-    bot: RunningBot, fake: FakeDiscord, alice: User, caplog: pytest.LogCaptureFixture
+async def test_a_job_whose_answer_can_no_longer_arrive_is_not_generated(
+    bot: RunningBot,
+    fake: FakeDiscord,
+    alice: User,
+    nexconn: TimedNexconn,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A group DM job that starts once its interaction token has expired (it waited in the
-    queue): no one can be told anything, so the log names the job and why, at WARNING when
-    it starts generating and at ERROR when its image is lost, and the job is FAILED."""
+    queue): nothing could reach the user, so no image is made — no provider call, nothing
+    paid — and the log names the job and why; the job is FAILED (given back to the limits)."""
     caplog.set_level(logging.WARNING)
     group_dm = fake.new_id()
     fake.closed_channels.add(group_dm)
@@ -242,20 +246,19 @@ async def test_an_image_made_after_the_token_expired_where_the_bot_is_absent_is_
     )
     await send(fake, payload)
 
-    started = await logged(caplog, "is generating an image that cannot be delivered")
-    assert started.levelno == logging.WARNING
-    job_id = str(started.args[0]) if isinstance(started.args, tuple) else ""
-    assert f"channel {group_dm}" in started.getMessage()
-    assert "16.0 min old" in started.getMessage()
-    lost = await logged(caplog, f"job {job_id}'s image (turn ", "could not be delivered")
-    assert lost.levelno == logging.ERROR
-    assert f"to user {alice.id}" in lost.getMessage() and "min old" in lost.getMessage()
+    skipped = await logged(caplog, "not generated: its image could not be delivered")
+    assert skipped.levelno == logging.WARNING
+    job_id = str(skipped.args[0]) if isinstance(skipped.args, tuple) else ""
+    assert f"channel {group_dm}" in skipped.getMessage()
+    assert "16.0 min old" in skipped.getMessage()
     failure = await logged(caplog, f"job {job_id}'s failure", "could not be delivered")
     assert failure.levelno == logging.WARNING
 
     await bot.core.idle()
     job = await bot.store.get_job(job_id)
     assert job is not None and job.status is JobStatus.FAILED
+    assert (job.error or "").startswith("answer_expired: ")
+    assert nexconn.requests == []  # the provider was never called
     # nothing was sent anywhere: not in the channel, not through the dead token
     no_channel_calls(fake, group_dm)
     assert not fake.find(lambda c: c.path.startswith(f"/webhooks/{fake.app_id}/{payload['token']}"))
