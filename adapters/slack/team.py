@@ -92,24 +92,27 @@ class SlackAdmins:
     """Whether Slack calls a user a workspace admin or owner, asked at most once per `ttl`
     seconds per user (a modal's open and submit, a usage check, all within a few minutes)."""
 
-    def __init__(self, client: AsyncWebClient, *, ttl: float = 300.0, timeout: float = 2.0):
+    def __init__(self, client: AsyncWebClient, *, ttl: float = 60.0, timeout: float = 2.0):
         self.client = client
         self.ttl = ttl
         self.timeout = timeout
         self._known: dict[str, tuple[float, bool]] = {}
         self._warned = False
 
-    async def __call__(self, user: str) -> bool:
+    async def __call__(self, user: str, team: str = "") -> bool:
+        """Whether `user` is an admin or owner of `team` (the workspace asking): a Slack
+        Connect guest who administers their own organisation is not one of ours."""
         clock = time.monotonic()
-        known = self._known.get(user)
+        key = f"{team}:{user}"
+        known = self._known.get(key)
         if known is not None and known[0] > clock:
             return known[1]
-        answer = await self._ask(user)
+        answer = await self._ask(user, team)
         if answer is not None:
-            self._known[user] = (clock + self.ttl, answer)
+            self._known[key] = (clock + self.ttl, answer)
         return bool(answer)
 
-    async def _ask(self, user: str) -> bool | None:
+    async def _ask(self, user: str, team: str = "") -> bool | None:
         """Slack's answer; False when Slack refuses (no `users:read`), None when unreachable."""
         try:
             async with asyncio.timeout(self.timeout):
@@ -121,6 +124,8 @@ class SlackAdmins:
             log.warning("users.info for %s failed (%s): not treated as admin", user, exc)
             return None
         info = response.get("user") or {}
+        if team and info.get("team_id") not in (None, team):
+            return False  # an admin of another organisation, here through Slack Connect
         return any(bool(info.get(k)) for k in ("is_admin", "is_owner", "is_primary_owner"))
 
     def _warn(self, error: str) -> None:
@@ -145,7 +150,7 @@ def slack_settings(view: SettingsView) -> list[str]:
 
 
 def _number_text(name: str, value: float) -> str:
-    return f"{value:g}" if name == "monthly_budget" else str(int(value))
+    return f"{value:.2f}" if name == "monthly_budget" else str(int(value))
 
 
 def _limit_text(name: str, value: float) -> str:
@@ -352,7 +357,7 @@ class SlackTeam:
         who = Requester(PLATFORM, team, channel, user)
         if self.core.team.is_admin(who):
             return who
-        return replace(who, platform_admin=await self.admins(user))
+        return replace(who, platform_admin=await self.admins(user, team))
 
     # --- /imagine-usage ---------------------------------------------------------------------------
 

@@ -99,6 +99,8 @@ class FakeSlack:
         self.post_errors: dict[str, str] = {}
         """channel → error that chat.postMessage answers there (e.g. `not_in_channel`)."""
         self.admins: set[str] = set()
+        self.external_users: dict[str, str] = {}
+        """Slack Connect guests: user id → their own organisation's team id."""
         """Users whom `users.info` calls workspace admins (`is_admin`)."""
         self.users_read_scope = True
         self.base_url = ""
@@ -297,7 +299,7 @@ class FakeSlack:
             "ok": True,
             "user": {
                 "id": user,
-                "team_id": self.team_id,
+                "team_id": self.external_users.get(user, self.team_id),
                 "name": user.lower(),
                 "is_admin": admin,
                 "is_owner": False,

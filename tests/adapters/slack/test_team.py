@@ -229,6 +229,16 @@ async def test_usage_for_a_member_shows_their_numbers_only(
     assert slack.api("conversations.open") == [] and len(slack.completed) == 1  # the image only
 
 
+async def test_an_admin_of_another_organisation_is_not_an_admin_here(
+    slack: FakeSlack, launch: Launch
+) -> None:
+    slack.admins.add("U9")
+    slack.external_users["U9"] = "T0OTHER"  # a Slack Connect guest, admin at home
+    bot = await launch()
+    text = await usage(bot, "U9")
+    assert "*This workspace*" not in text
+
+
 @pytest.mark.parametrize("how", ["IMAGINE_ADMIN_USERS", "users.info"])
 async def test_usage_for_an_admin_adds_the_workspace_and_the_chart_in_a_dm(
     slack: FakeSlack, launch: Launch, how: str
