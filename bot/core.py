@@ -196,7 +196,14 @@ class ImagineBot:
         check_reference_count(len(request.references), self._max_references)
         model, size = self.choose_model(request.model, request.size)
         key = request.key
-        who = Requester(key.platform, key.workspace, key.channel, request.user_id, request.roles)
+        who = Requester(
+            key.platform,
+            key.workspace,
+            key.channel,
+            request.user_id,
+            request.roles,
+            parent_channel=request.parent_channel,
+        )
         await self.precheck(who, model, size)
         thread = await self.store.create_thread(
             Thread(
@@ -236,7 +243,9 @@ class ImagineBot:
         target, follow_latest = await self._edit_target(request)
         if target.turn_id is not None:
             await self._check_images(target.turn_id)
-        who = await self._requester(target.thread_id, request.user_id, request.roles)
+        who = await self._requester(
+            target.thread_id, request.user_id, request.roles, request.parent_channel
+        )
         await self.precheck(who, target.model, target.size)
         job = self._new_job(
             thread_id=target.thread_id,
@@ -262,12 +271,13 @@ class ImagineBot:
         destination: JSON = None,
         *,
         roles: frozenset[str] = frozenset(),
+        parent_channel: str = "",
     ) -> Job:
         """Same prompt, same references, same parent: a new take on one turn."""
         turn = await self._turn(turn_id)
         await self._check_images(turn.parent_id, turn.reference_shas)
         model, size = self._continued_model(turn.model, turn.size)
-        who = await self._requester(turn.thread_id, user_id, roles)
+        who = await self._requester(turn.thread_id, user_id, roles, parent_channel)
         await self.precheck(who, model, size)
         job = Job(
             id=new_id(),
@@ -298,6 +308,7 @@ class ImagineBot:
         destination: JSON = None,
         *,
         roles: frozenset[str] = frozenset(),
+        parent_channel: str = "",
     ) -> Job:
         """📐: the same picture recomposed at another aspect ratio, as an edit of that turn
         (it counts like any edit, and branches when the turn is not the thread's latest)."""
@@ -309,6 +320,7 @@ class ImagineBot:
             aspect_ratio=ratio,
             destination=destination,
             roles=roles,
+            parent_channel=parent_channel,
             follow=False,
         )
         return await self.edit(request, sink)
@@ -321,6 +333,7 @@ class ImagineBot:
         destination: JSON = None,
         *,
         roles: frozenset[str] = frozenset(),
+        parent_channel: str = "",
     ) -> Job:
         """Run a failed (or cancelled) request again, as a new job, for whoever asks.
 
@@ -334,7 +347,7 @@ class ImagineBot:
             await self._turn(failed.parent_turn_id)  # the image it edited must still exist
         await self._check_images(failed.parent_turn_id, failed.reference_shas)
         model, size = self._continued_model(failed.model, failed.size)
-        who = await self._requester(failed.thread_id, user_id, roles)
+        who = await self._requester(failed.thread_id, user_id, roles, parent_channel)
         await self.precheck(who, model, size)
         job = replace(
             failed,
@@ -501,13 +514,17 @@ class ImagineBot:
             cost_usd=self.team.price(model, size),
         )
 
-    async def _requester(self, thread_id: str, user_id: str, roles: frozenset[str]) -> Requester:
+    async def _requester(
+        self, thread_id: str, user_id: str, roles: frozenset[str], parent_channel: str = ""
+    ) -> Requester:
         """Who continues a thread, and where: the thread's workspace and channel."""
         thread = await self.store.get_thread(thread_id)
         if thread is None:
             raise UnknownTurn(detail=f"thread {thread_id}")
         key = thread.key
-        return Requester(key.platform, key.workspace, key.channel, user_id, roles)
+        return Requester(
+            key.platform, key.workspace, key.channel, user_id, roles, parent_channel=parent_channel
+        )
 
     async def _turn(self, turn_id: str) -> Turn:
         turn = await self.store.get_turn(turn_id)

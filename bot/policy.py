@@ -9,7 +9,8 @@ fed a read outside that transaction, lets an adapter refuse inside its acknowled
 The rules, in the order they are checked:
 
 1. a blocked user is never served (`IMAGINE_BLOCKED_USERS`);
-2. a channel allow-list, then a role allow-list (Discord) — `IMAGINE_ALLOWED_USERS` pass both;
+2. a channel allow-list (a thread passes with its channel), then a role allow-list (Discord)
+   — `IMAGINE_ALLOWED_USERS` pass both;
 3. the user's images today, then the workspace's images today;
 4. the workspace's estimated spend this calendar month.
 
@@ -97,6 +98,8 @@ class Requester:
     user: str
     roles: frozenset[str] = frozenset()
     platform_admin: bool = False
+    parent_channel: str = ""
+    """The channel a thread (or forum post) `channel` belongs to, if it is one."""
 
     @property
     def scope(self) -> Scope:
@@ -248,7 +251,8 @@ def access(policy: Policy, who: Requester) -> Refusal | None:
         return Refusal(Rule.BLOCKED_USER)
     if who.user in policy.allowed_users:
         return None
-    if policy.allowed_channels and who.channel not in policy.allowed_channels:
+    places = {who.channel, who.parent_channel} - {""}
+    if policy.allowed_channels and not places & policy.allowed_channels:
         return Refusal(Rule.CHANNEL)
     if (
         who.platform == "discord"

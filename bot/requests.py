@@ -24,6 +24,9 @@ class ImagineRequest:
     destination: JSON = None
     roles: frozenset[str] = frozenset()
     """The requester's Discord role ids, for `IMAGINE_ALLOWED_ROLES`."""
+    parent_channel: str = ""
+    """The channel a Discord thread or forum post belongs to: allowing a channel allows
+    its threads (`IMAGINE_ALLOWED_CHANNELS`)."""
     model: str | None = None
     """One of `IMAGINE_MODELS` (None: `IMAGINE_MODEL`); the thread keeps it."""
     size: str | None = None
@@ -42,6 +45,7 @@ class EditRequest:
     aspect_ratio: str | None = None
     destination: JSON = None
     roles: frozenset[str] = frozenset()
+    parent_channel: str = ""
     follow: bool = True
     """A reply to the thread's latest image builds on whatever is latest when it runs
     (quick replies stack); False edits exactly `turn_id` (📐 recomposes the image it was

@@ -74,6 +74,14 @@ CASES = [
         0.039,
         None,
     ),
+    (
+        "a thread of an allowed channel",
+        Policy(allowed_channels=frozenset({"art"})),
+        Requester("discord", "guild", "thread-1", "alice", parent_channel="art"),
+        Counts(),
+        0.039,
+        None,
+    ),
     ("role", Policy(allowed_roles=frozenset({"mods"})), ALICE, Counts(), 0.039, Rule.ROLE),
     ("role held", Policy(allowed_roles=frozenset({"artists"})), ALICE, Counts(), 0.039, None),
     (

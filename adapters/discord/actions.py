@@ -77,12 +77,13 @@ async def reroll(runtime: Runtime, interaction: discord.Interaction[Any], turn_i
     if not await turn_is_known(runtime, turn_id):
         await send_error(interaction, UnknownTurn(detail=f"reroll of {turn_id}"))
         return
-    user, roles = str(interaction.user.id), interaction_requester(interaction).roles
+    who = interaction_requester(interaction)
+    user, roles, parent = who.user, who.roles, who.parent_channel
     await start_job(
         runtime,
         interaction,
         lambda sink, destination: runtime.core.reroll(
-            turn_id, user, sink, destination=destination, roles=roles
+            turn_id, user, sink, destination=destination, roles=roles, parent_channel=parent
         ),
     )
 
@@ -100,12 +101,13 @@ async def reframe(runtime: Runtime, interaction: discord.Interaction[Any], turn_
     if not await turn_is_known(runtime, turn_id):
         await send_error(interaction, UnknownTurn(detail=f"reframe of {turn_id}"))
         return
-    user, roles = str(interaction.user.id), interaction_requester(interaction).roles
+    who = interaction_requester(interaction)
+    user, roles, parent = who.user, who.roles, who.parent_channel
     await start_job(
         runtime,
         interaction,
         lambda sink, destination: runtime.core.reframe(
-            turn_id, ratio, user, sink, destination=destination, roles=roles
+            turn_id, ratio, user, sink, destination=destination, roles=roles, parent_channel=parent
         ),
     )
 
@@ -114,12 +116,13 @@ async def retry(runtime: Runtime, interaction: discord.Interaction[Any], job_id:
     """A failed job again, as a new job of whoever clicks; it lands where a Reroll would.
     A job that can't be retried (its image deleted meanwhile) or a full queue is answered
     privately."""
-    user, roles = str(interaction.user.id), interaction_requester(interaction).roles
+    who = interaction_requester(interaction)
+    user, roles, parent = who.user, who.roles, who.parent_channel
     await start_job(
         runtime,
         interaction,
         lambda sink, destination: runtime.core.retry(
-            job_id, user, sink, destination=destination, roles=roles
+            job_id, user, sink, destination=destination, roles=roles, parent_channel=parent
         ),
     )
 
@@ -147,7 +150,8 @@ async def submit_edit(
     """The Edit modal's text is handled exactly like a reply to the image."""
     data: Any = interaction.data or {}
     instruction = modal_value(data.get("components") or ())
-    user, roles = str(interaction.user.id), interaction_requester(interaction).roles
+    who = interaction_requester(interaction)
+    user, roles, parent = who.user, who.roles, who.parent_channel
     await start_job(
         runtime,
         interaction,
@@ -158,6 +162,7 @@ async def submit_edit(
                 turn_id=turn_id,
                 destination=destination,
                 roles=roles,
+                parent_channel=parent,
             ),
             sink,
         ),

@@ -149,6 +149,7 @@ async def _imagine(
         references=images,
         destination=destination.to_json(),
         roles=interaction_requester(interaction).roles,
+        parent_channel=interaction_requester(interaction).parent_channel,
         model=model,
         size=size,
     )

@@ -212,6 +212,13 @@ def _manages(permissions: discord.Permissions) -> bool:
     return permissions.manage_guild or permissions.administrator
 
 
+def parent_of(channel: object) -> str:
+    """The channel a thread or forum post belongs to (its `parent_id`), else "": allowing a
+    channel in `IMAGINE_ALLOWED_CHANNELS` allows its threads."""
+    parent = getattr(channel, "parent_id", None)
+    return str(parent) if parent else ""
+
+
 def interaction_requester(interaction: discord.Interaction[Any]) -> Requester:
     """Who runs a command or clicks a button, and where. Manage Server makes a platform
     admin; in DMs there is no server to administer."""
@@ -223,6 +230,7 @@ def interaction_requester(interaction: discord.Interaction[Any]) -> Requester:
         user=str(interaction.user.id),
         roles=role_ids(interaction.user, guild_id),
         platform_admin=bool(guild_id) and _manages(interaction.permissions),
+        parent_channel=parent_of(interaction.channel),
     )
 
 
@@ -242,6 +250,7 @@ def message_requester(message: discord.Message) -> Requester:
         user=str(author.id),
         roles=role_ids(author, guild_id),
         platform_admin=bool(guild_id) and admin,
+        parent_channel=parent_of(message.channel),
     )
 
 

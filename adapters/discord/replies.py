@@ -84,6 +84,7 @@ async def on_message(runtime: Runtime, message: discord.Message) -> None:
             references=images,
             destination=destination.to_json(),
             roles=who.roles,
+            parent_channel=who.parent_channel,
         )
         await runtime.core.edit(request, DiscordSink(runtime, destination))
     except ImagineError as error:

@@ -265,9 +265,11 @@ class FakeDiscord:
         channel_id: int | None = None,
         private_channel: int | None = None,
         owners: dict[str, str] | None = None,
+        thread_of: int | None = None,
     ) -> dict[str, Any]:
         """An INTERACTION_CREATE payload: in the guild channel (or `channel_id`, another
-        text channel of the guild), or in the user's DMs; `roles` are the member's.
+        text channel of the guild; with `thread_of`, a public thread of that channel), or in
+        the user's DMs; `roles` are the member's.
 
         `private_channel`: in a group DM (context 2) the bot user is not in; `owners` is the
         payload's `authorizing_integration_owners` ({"1": user id} for a user install,
@@ -312,6 +314,26 @@ class FakeDiscord:
                 "position": 0,
                 "permission_overwrites": [],
             }
+            if thread_of is not None:
+                payload["channel"] = {
+                    "id": str(channel),
+                    "type": 11,
+                    "guild_id": str(self.guild_id),
+                    "parent_id": str(thread_of),
+                    "owner_id": str(user.id),
+                    "name": f"thread-{channel}",
+                    "message_count": 0,
+                    "member_count": 1,
+                    "rate_limit_per_user": 0,
+                    "flags": 0,
+                    "last_message_id": None,
+                    "thread_metadata": {
+                        "archived": False,
+                        "auto_archive_duration": 1440,
+                        "archive_timestamp": "2026-12-03T00:00:00+00:00",
+                        "locked": False,
+                    },
+                }
             payload["member"] = self.member(user, permissions, roles)
             payload["context"] = 0
         if message is not None:

@@ -232,6 +232,23 @@ async def test_an_allowed_user_passes_the_channel_allow_list_and_a_role_is_read_
     assert await refused_imagine(fake, nexconn, bob, roles=[artists]) == CHANNEL
 
 
+async def test_allowing_a_channel_allows_its_threads(
+    launch: Launch, fake: FakeDiscord, nexconn: TimedNexconn, alice: User
+) -> None:
+    design_lab = fake.new_id()
+    await launch(IMAGINE_ALLOWED_CHANNELS=str(design_lab))
+    thread = fake.new_id()
+    _, delivered = await imagine(
+        fake, alice, "a kite over the dunes", channel_id=thread, thread_of=design_lab
+    )
+    assert delivered.files and len(nexconn.requests) == 1
+    elsewhere = fake.new_id()
+    assert (
+        await refused_imagine(fake, nexconn, alice, channel_id=fake.new_id(), thread_of=elsewhere)
+        == CHANNEL
+    )
+
+
 async def test_a_member_with_an_allowed_role_makes_images_and_one_without_is_refused(
     launch: Launch, fake: FakeDiscord, nexconn: TimedNexconn, alice: User, bob: User
 ) -> None:
