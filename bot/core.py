@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from bot import metrics
 from bot.catalog import choose
 from bot.errors import (
     Cancelled,
-    ImageExpired,
     NotAllowed,
     ShuttingDown,
     UnknownTurn,
@@ -52,6 +51,7 @@ from bot.runner import JobRunner, history_note, safe_fail
 from bot.scheduler import StopReason, Worker
 from bot.sinks import Delivery, Phase, Progress, ReplySink, SinkFactory
 from bot.store import PurgeResult, Store
+from bot.targets import Threads
 from bot.team import TeamControl, TeamSettings
 
 __all__ = [
@@ -72,18 +72,6 @@ DEFAULT_HISTORY_TURNS = 8
 EVENT_MEMORY = 24 * 3600
 """Seconds a platform event id is remembered for deduplication (Slack retries within
 minutes); older ones are dropped at start-up so the table does not grow forever."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where an edit starts: a finished turn, or (turn_id None) a thread's pending image,
-    with the thread's model and size, which the edit continues on."""
-
-    thread_id: str
-    turn_id: str | None
-    aspect_ratio: str
-    model: str
-    size: str | None
 
 
 def reframe_instruction(ratio: str) -> str:
@@ -135,6 +123,12 @@ class ImagineBot:
         )
         self.history_turns = history_turns
         self.retention = Retention(store, retention_days, history_turns, retention_interval)
+        self.threads = Threads(
+            store,
+            history_turns=history_turns,
+            retention_days=lambda: self.retention.days,
+            continued_model=self.continued_model,
+        )
         self._sink_factories: dict[str, SinkFactory] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -219,7 +213,7 @@ class ImagineBot:
             user_id=request.user_id,
             kind=TurnKind.IMAGINE,
             prompt=prompt,
-            references=request.references,
+            reference_shas=tuple(image.sha256 for image in request.references),
             aspect_ratio=ratio,
             parent_turn_id=None,
             follow_latest=False,
@@ -240,10 +234,10 @@ class ImagineBot:
         instruction = clean_prompt(request.instruction)
         ratio = parse_aspect_ratio(request.aspect_ratio)
         check_reference_count(len(request.references), self._max_references)
-        target, follow_latest = await self._edit_target(request)
+        target = await self.threads.edit_target(request)
         if target.turn_id is not None:
-            await self._check_images(target.turn_id)
-        who = await self._requester(
+            await self.threads.check_images(target.turn_id)
+        who = await self.threads.requester(
             target.thread_id, request.user_id, request.roles, request.parent_channel
         )
         await self.precheck(who, target.model, target.size)
@@ -252,10 +246,10 @@ class ImagineBot:
             user_id=request.user_id,
             kind=TurnKind.EDIT,
             prompt=instruction,
-            references=request.references,
+            reference_shas=tuple(image.sha256 for image in request.references),
             aspect_ratio=ratio or target.aspect_ratio,
             parent_turn_id=target.turn_id,
-            follow_latest=follow_latest,
+            follow_latest=target.follow_latest,
             destination=request.destination,
             model=target.model,
             size=target.size,
@@ -274,13 +268,12 @@ class ImagineBot:
         parent_channel: str = "",
     ) -> Job:
         """Same prompt, same references, same parent: a new take on one turn."""
-        turn = await self._turn(turn_id)
-        await self._check_images(turn.parent_id, turn.reference_shas)
-        model, size = self._continued_model(turn.model, turn.size)
-        who = await self._requester(turn.thread_id, user_id, roles, parent_channel)
+        turn = await self.threads.turn(turn_id)
+        await self.threads.check_images(turn.parent_id, turn.reference_shas)
+        model, size = self.continued_model(turn.model, turn.size)
+        who = await self.threads.requester(turn.thread_id, user_id, roles, parent_channel)
         await self.precheck(who, model, size)
-        job = Job(
-            id=new_id(),
+        job = self._new_job(
             thread_id=turn.thread_id,
             user_id=user_id,
             kind=TurnKind.REROLL,
@@ -290,11 +283,8 @@ class ImagineBot:
             parent_turn_id=turn.parent_id,
             follow_latest=False,
             destination=destination,
-            provider=self.provider.name,
             model=model,
             size=size,
-            created_at=now(),
-            cost_usd=self.team.price(model, size),
         )
         await self._submit(job, sink, who)
         return job
@@ -344,38 +334,30 @@ class ImagineBot:
         if failed is None or failed.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise UnknownTurn(detail=f"job {job_id} is not a failed job")
         if failed.parent_turn_id is not None:
-            await self._turn(failed.parent_turn_id)  # the image it edited must still exist
-        await self._check_images(failed.parent_turn_id, failed.reference_shas)
-        model, size = self._continued_model(failed.model, failed.size)
-        who = await self._requester(failed.thread_id, user_id, roles, parent_channel)
+            await self.threads.turn(failed.parent_turn_id)  # the image it edited must still exist
+        await self.threads.check_images(failed.parent_turn_id, failed.reference_shas)
+        model, size = self.continued_model(failed.model, failed.size)
+        who = await self.threads.requester(failed.thread_id, user_id, roles, parent_channel)
         await self.precheck(who, model, size)
-        job = replace(
-            failed,
-            id=new_id(),
+        job = self._new_job(
+            thread_id=failed.thread_id,
             user_id=user_id,
+            kind=failed.kind,
+            prompt=failed.prompt,
+            reference_shas=failed.reference_shas,
+            aspect_ratio=failed.aspect_ratio,
+            parent_turn_id=failed.parent_turn_id,
+            follow_latest=failed.follow_latest,
             destination=destination,
-            provider=self.provider.name,
             model=model,
             size=size,
-            status=JobStatus.QUEUED,
-            provider_request_id=None,
-            turn_id=None,
-            error=None,
-            created_at=now(),
-            started_at=None,
-            finished_at=None,
-            owner=None,
-            lease_until=None,
-            settled=False,
-            cancel_requested=False,
-            cost_usd=self.team.price(model, size),
         )
         await self._submit(job, sink, who)
         return job
 
     async def delete(self, turn_id: str, user_id: str, *, moderator: bool = False) -> Turn:
         """Hide a turn (requester or moderator only); the adapter removes its messages."""
-        turn = await self._turn(turn_id)
+        turn = await self.threads.turn(turn_id)
         if turn.user_id != user_id and not moderator:
             raise NotAllowed()
         await self.store.mark_turn_deleted(turn.id)
@@ -428,7 +410,7 @@ class ImagineBot:
         """The model and size a new thread runs on (`bot.catalog.choose`)."""
         return choose(self.models, self.provider.name, model or self.model, size)
 
-    def _continued_model(self, model: str, size: str | None) -> tuple[str, str | None]:
+    def continued_model(self, model: str, size: str | None) -> tuple[str, str | None]:
         """A thread continues on its own model and size; one whose model this bot no longer
         offers continues on the default model (the conversation is provider-neutral)."""
         if model not in self.models:
@@ -488,7 +470,7 @@ class ImagineBot:
         user_id: str,
         kind: TurnKind,
         prompt: str,
-        references: Sequence[Image],
+        reference_shas: tuple[str, ...],
         aspect_ratio: str,
         parent_turn_id: str | None,
         follow_latest: bool,
@@ -502,7 +484,7 @@ class ImagineBot:
             user_id=user_id,
             kind=kind,
             prompt=prompt,
-            reference_shas=tuple(image.sha256 for image in references),
+            reference_shas=reference_shas,
             aspect_ratio=aspect_ratio,
             parent_turn_id=parent_turn_id,
             follow_latest=follow_latest,
@@ -513,63 +495,6 @@ class ImagineBot:
             created_at=now(),
             cost_usd=self.team.price(model, size),
         )
-
-    async def _requester(
-        self, thread_id: str, user_id: str, roles: frozenset[str], parent_channel: str = ""
-    ) -> Requester:
-        """Who continues a thread, and where: the thread's workspace and channel."""
-        thread = await self.store.get_thread(thread_id)
-        if thread is None:
-            raise UnknownTurn(detail=f"thread {thread_id}")
-        key = thread.key
-        return Requester(
-            key.platform, key.workspace, key.channel, user_id, roles, parent_channel=parent_channel
-        )
-
-    async def _turn(self, turn_id: str) -> Turn:
-        turn = await self.store.get_turn(turn_id)
-        if turn is None or turn.deleted:
-            raise UnknownTurn(detail=f"turn {turn_id}")
-        return turn
-
-    async def _check_images(self, parent_id: str | None, references: Sequence[str] = ()) -> None:
-        """Raise `ImageExpired` when a job from `parent_id` with `references` would need an
-        image retention removed: the references, and the images of the parent's path that
-        the provider is sent (capped at the history length)."""
-        shas = list(references)
-        if parent_id is not None:
-            for turn in await self.store.turn_path(parent_id, self.history_turns):
-                shas += [turn.result_sha, *turn.reference_shas]
-        missing = await self.store.missing_images(shas)
-        if missing:
-            raise ImageExpired(self.retention_days, detail=f"purged: {sorted(missing)}")
-
-    async def _edit_target(self, request: EditRequest) -> tuple[_Target, bool]:
-        """What to edit, and whether to follow the thread's latest turn when the job starts.
-
-        A reply to the latest image follows the thread, so quick replies build on each
-        other; a reply to an older image is a branch from it. A reply to a thread whose
-        first image is still being made waits for it (the thread runs one job at a time).
-        """
-        if request.turn_id is not None:
-            turn = await self._turn(request.turn_id)
-            latest = await self.store.latest_turn(turn.thread_id)
-            model, size = self._continued_model(turn.model, turn.size)
-            target = _Target(turn.thread_id, turn.id, turn.aspect_ratio, model, size)
-            return target, request.follow and latest is not None and latest.id == turn.id
-        if request.thread_key is not None:
-            thread = await self.store.thread_by_key(request.thread_key)
-            if thread is not None:
-                latest = await self.store.latest_turn(thread.id)
-                if latest is not None:
-                    model, size = self._continued_model(latest.model, latest.size)
-                    target = _Target(thread.id, latest.id, latest.aspect_ratio, model, size)
-                    return target, True
-                pending = await self.store.active_job_for_thread(thread.id)
-                if pending is not None:
-                    model, size = self._continued_model(pending.model, pending.size)
-                    return _Target(thread.id, None, pending.aspect_ratio, model, size), True
-        raise UnknownTurn(detail=f"no turn for {request}")
 
     async def _submit(
         self, job: Job, sink: ReplySink, who: Requester, references: Sequence[Image] = ()
