@@ -6,7 +6,7 @@ or a throwaway cluster); each test gets a fresh database. Without one, that leg 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -33,3 +33,23 @@ async def store(database_url: str) -> AsyncIterator[SqlStore]:
         yield opened
     finally:
         await opened.close()
+
+
+Opener = Callable[[], Awaitable[SqlStore]]
+"""Opens one more store on the test's database."""
+
+
+@pytest.fixture
+async def open_more(database_url: str) -> AsyncIterator[Opener]:
+    """More stores on the same database, each with its own engine and connections: other
+    processes' view of it, so races between them are real transactions racing."""
+    opened: list[SqlStore] = []
+
+    async def more() -> SqlStore:
+        store = await open_store(database_url)
+        opened.append(store)
+        return store
+
+    yield more
+    for store in opened:
+        await store.close()

@@ -7,33 +7,15 @@ are real transactions racing, not coroutines sharing one session.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-import pytest
 import sqlalchemy as sa
 
 from bot.errors import UserQueueFull
 from bot.models import Job, JobStatus, Thread, ThreadKey, TurnKind
 from bot.queue import ClaimRequest, Limits, positions
-from storage import SqlStore, open_store
+from storage import SqlStore
+from tests.storage.conftest import Opener
 from tests.storage.test_store_contract import image, turn
-
-Opener = Callable[[], Awaitable[SqlStore]]
-
-
-@pytest.fixture
-async def open_more(database_url: str) -> AsyncIterator[Opener]:
-    """More stores on the same database: other processes' view of the queue."""
-    opened: list[SqlStore] = []
-
-    async def more() -> SqlStore:
-        store = await open_store(database_url)
-        opened.append(store)
-        return store
-
-    yield more
-    for store in opened:
-        await store.close()
 
 
 class Queue:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -23,28 +23,13 @@ from bot.models import Job, JobStatus, Thread, ThreadKey, TurnKind
 from bot.policy import Admission, Overrides, Policy, PolicyRefused, Requester, Rule, Scope
 from bot.queue import ClaimRequest, Limits
 from bot.usage import UsageLine
-from storage import SqlStore, open_store
+from storage import SqlStore
+from tests.storage.conftest import Opener
 from tests.storage.test_store_contract import image, turn
 
 UTC = ZoneInfo("UTC")
 NOW = datetime(2026, 12, 3, 20, 48, tzinfo=UTC).timestamp()
 GUILD = Scope("discord", "guild-1")
-
-Opener = Callable[[], Awaitable[SqlStore]]
-
-
-@pytest.fixture
-async def open_more(database_url: str) -> AsyncIterator[Opener]:
-    opened: list[SqlStore] = []
-
-    async def more() -> SqlStore:
-        store = await open_store(database_url)
-        opened.append(store)
-        return store
-
-    yield more
-    for store in opened:
-        await store.close()
 
 
 def who(user: str = "alice", workspace: str = "guild-1", channel: str = "general") -> Requester:
