@@ -199,15 +199,14 @@ class ImagineBot:
             parent_channel=request.parent_channel,
         )
         await self.precheck(who, model, size)
-        thread = await self.store.create_thread(
-            Thread(
-                id=new_id(),
-                key=request.key,
-                created_by=request.user_id,
-                title=prompt[:200],
-                created_at=now(),
-            )
+        made = Thread(
+            id=new_id(),
+            key=request.key,
+            created_by=request.user_id,
+            title=prompt[:200],
+            created_at=now(),
         )
+        thread = await self.store.create_thread(made)  # or the one already on that key
         job = self._new_job(
             thread_id=thread.id,
             user_id=request.user_id,
@@ -225,8 +224,9 @@ class ImagineBot:
             await self._submit(job, sink, who, request.references)
         except BaseException:
             # refused in the transaction (a race the precheck lost): leave no empty thread,
-            # whose platform thread would then look like one of ours
-            await asyncio.shield(self.store.discard_thread(thread.id))
+            # whose platform thread would then look like one of ours — if this request made it
+            if thread.id == made.id:
+                await asyncio.shield(self.store.discard_thread(thread.id))
             raise
         return job
 

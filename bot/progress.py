@@ -39,13 +39,14 @@ class LiveJob:
     """When the last background update went out (monotonic): at most one per interval."""
 
 
-async def safe_progress(sink: ReplySink, update: Progress) -> None:
-    """A progress update that fails is logged, never fatal to its job — except a sink that
-    says, as generation starts, that nothing can reach the user (`Undeliverable`)."""
+async def safe_progress(sink: ReplySink, update: Progress, *, fatal: bool = False) -> None:
+    """A progress update that fails is logged, never fatal to its job — except, with
+    `fatal` (the runner, as generation is about to start), a sink that says nothing can
+    reach the user any more (`Undeliverable`)."""
     try:
         await sink.progress(update)
     except Undeliverable:
-        if update.phase is Phase.GENERATING:
+        if fatal:
             raise  # the runner fails the job before calling the provider
         log.warning("job %s cannot be answered any more", update.job.id)
     except Exception:

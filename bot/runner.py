@@ -135,7 +135,10 @@ class JobRunner:
             ):
                 return  # another worker holds it now
             job = live.job = replace(job, status=JobStatus.RUNNING, parent_turn_id=parent_id)
-            await safe_progress(live.sink, Progress(job, Phase.GENERATING))
+            # a job the provider already has (resumed) is polled through whatever the sink
+            # says: it is being made and billed either way
+            fresh = job.provider_request_id is None
+            await safe_progress(live.sink, Progress(job, Phase.GENERATING), fatal=fresh)
             request, notes = await self._build_request(job)
             try:
                 async with (
@@ -187,7 +190,7 @@ class JobRunner:
         if not stored:
             return None
         names = self.provider.name.split(",")
-        owner, request_id = split_request_id(stored, job.provider)
+        owner, request_id = split_request_id(stored, job.provider, names)
         if owner not in names:
             raise ProviderUnavailable(
                 detail=f"job {job.id} was submitted to {owner or job.provider}, "

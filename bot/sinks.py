@@ -53,7 +53,7 @@ class ReplySink(Protocol):
 
     async def progress(self, update: Progress) -> None:
         """Show a job's phase. Failures are logged and ignored, except `Undeliverable`
-        when generation starts, which ends the job before the provider is called."""
+        as a new job's generation starts, which ends it before the provider is called."""
         ...
 
     async def deliver(self, delivery: Delivery) -> str | None:

@@ -90,6 +90,21 @@ def _left(allowance: Allowance, noun: str, *, usd: bool = False) -> str:
     return f"{int(allowance.left)} left of {plural(int(allowance.limit), noun)}"
 
 
+ELSEWHERE = {
+    "discord": "your images in other servers and DMs count too",
+    "slack": "your images in other workspaces count too",
+}
+
+
+def _elsewhere(report: UsageReport) -> str:
+    """A person's day counts every workspace of the platform: say so when that is why the
+    limit's count is not this workspace's."""
+    others = report.user_day.used != report.mine_today.images
+    if not (report.user_day.limit and others):
+        return ""
+    return f" ({ELSEWHERE.get(report.who.platform, 'images elsewhere count too')})"
+
+
 def render_usage(
     report: UsageReport,
     *,
@@ -105,7 +120,9 @@ def render_usage(
         f"({money(report.mine_today.cost_usd)}), {report.mine_month.images} this month "
         f"({money(report.mine_month.cost_usd)}).",
         f"Your daily limit: {_left(report.user_day, 'image')}"
-        + (f"; it resets in {day_reset}." if report.user_day.limit else "."),
+        + (f"; it resets in {day_reset}" if report.user_day.limit else "")
+        + _elsewhere(report)
+        + ".",
         f"This {noun} today: {_left(report.workspace_day, 'image')}"
         + (f"; it resets in {day_reset}." if report.workspace_day.limit else "."),
         f"Monthly budget: {_left(report.budget, '', usd=True)}"

@@ -11,13 +11,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot import metrics
-from bot.core import EditRequest, ImagineBot, ImagineRequest
+from bot.core import EditRequest, ImagineBot, ImagineRequest, Phase, Progress
 from bot.errors import ProviderUnavailable, UserQueueFull
-from bot.models import ThreadKey, new_id
+from bot.models import JobStatus, ThreadKey, new_id
 from bot.policy import Policy, PolicyRefused, Requester, Rule
 from bot.queue import Limits
+from bot.sinks import Undeliverable
 from bot.store import Store
 from bot.team import BadSetting, GiveDayBack, NotAdmin, SetMember, SetNumber, TeamSettings
+from bot.usage import render_usage
 from tests.fakes.collecting_sink import CollectingSink
 from tests.fakes.recording_provider import RecordingProvider
 
@@ -205,3 +207,40 @@ async def test_a_refusal_in_the_transaction_leaves_no_thread(
     await settle(busy)
     await busy.shutdown(0)
     await other.shutdown(0)
+
+
+class FarAwaySink(CollectingSink):
+    """An adapter whose answers can no longer arrive (a Discord token past 15 minutes)."""
+
+    async def progress(self, update: Progress) -> None:
+        await super().progress(update)
+        if update.phase is Phase.GENERATING:
+            raise Undeliverable("This request can no longer be answered.")
+
+
+async def test_a_job_nobody_can_receive_is_not_generated_and_costs_nothing(
+    core: ImagineBot, provider: RecordingProvider, sqlite_store: Store
+) -> None:
+    sink = FarAwaySink()
+    job = await core.imagine(ImagineRequest(key(), "alice", "a fox"), sink)
+    await settle(core)
+    assert provider.requests == []
+    stored = await sqlite_store.get_job(job.id)
+    assert stored is not None and stored.status is JobStatus.FAILED
+    report = await core.team.usage(where("alice"))
+    assert report.user_day.used == 0  # given back
+
+
+async def test_usage_says_when_images_elsewhere_count_towards_the_day(
+    core: ImagineBot,
+) -> None:
+    sink = CollectingSink()
+    here = ImagineRequest(key(), "alice", "a fox")
+    dm = ImagineRequest(ThreadKey("discord", "@dm", "dm-1", new_id()), "alice", "a fox")
+    for request in (here, dm):
+        await core.imagine(request, sink)
+        await settle(core)
+    lines = render_usage(await core.team.usage(where("alice")))
+    assert lines[0].startswith("**Your images**: 1 image today")
+    assert lines[1].startswith("Your daily limit: 2 left of 4 images; it resets in ")
+    assert lines[1].endswith("(your images in other servers and DMs count too).")

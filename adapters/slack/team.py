@@ -124,7 +124,8 @@ class SlackAdmins:
             log.warning("users.info for %s failed (%s): not treated as admin", user, exc)
             return None
         info = response.get("user") or {}
-        if team and info.get("team_id") not in (None, team):
+        teams = {info.get("team_id"), *((info.get("enterprise_user") or {}).get("teams") or ())}
+        if team and info.get("team_id") is not None and team not in teams:
             return False  # an admin of another organisation, here through Slack Connect
         return any(bool(info.get(k)) for k in ("is_admin", "is_owner", "is_primary_owner"))
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -65,12 +65,14 @@ came from a request the provider took (and may bill)."""
 ID_SEPARATOR = "|"
 
 
-def split_request_id(stored: str, provider: str | None = None) -> tuple[str | None, str]:
-    """(provider, id) of a stored provider request id: `gmi|r1` names its provider; a bare
-    id (stored before failover was configured) belongs to the job's own `provider` when
-    that is one name."""
+def split_request_id(
+    stored: str, provider: str | None = None, known: Collection[str] = ()
+) -> tuple[str | None, str]:
+    """(provider, id) of a stored provider request id: `gmi|r1` names its provider (one of
+    `known`); any other id — stored before failover was configured, or one that merely
+    contains the separator — belongs to the job's own `provider` when that is one name."""
     owner, separator, request_id = stored.partition(ID_SEPARATOR)
-    if separator:
+    if separator and owner in known:
         return owner, request_id
     single = provider if provider and "," not in provider else None
     return single, stored
@@ -124,8 +126,9 @@ class Breaker:
         return self.clock() >= state.open_until and not state.trial_running
 
     def begin(self) -> Ticket:
-        """A request starts; when the breaker is open, it is the trial."""
-        if self.state.failures:
+        """A request starts; when the breaker is open and no trial runs, it is the trial
+        (others let through while every provider cools down count as closed requests)."""
+        if self.state.failures and not self.state.trial_running:
             self.state = replace(self.state, trial_running=True)
             return Ticket.TRIAL
         return Ticket.CLOSED
@@ -233,7 +236,9 @@ class FailoverProvider:
         return replace(result, provider=result.provider or provider.name)
 
     async def _resume(self, request: ImageRequest, call: ProviderCall) -> ImageResult:
-        owner, request_id = split_request_id(call.resume_id or "", call.resume_provider)
+        owner, request_id = split_request_id(
+            call.resume_id or "", call.resume_provider, [p.name for p in self.providers]
+        )
         provider = next((p for p in self.providers if p.name == owner), None)
         if provider is None or not request_id:
             raise ProviderUnavailable(detail=f"cannot resume {call.resume_id!r} on {self.name}")

@@ -21,7 +21,13 @@ from bot.errors import (
 )
 from bot.models import ImageRequest, ImageResult, ThreadKey
 from bot.providers.base import Capabilities, ProviderCall
-from bot.providers.failover import Breaker, BreakerPolicy, FailoverProvider
+from bot.providers.failover import (
+    Breaker,
+    BreakerPolicy,
+    FailoverProvider,
+    Ticket,
+    split_request_id,
+)
 from bot.providers.gemini import GeminiProvider
 from bot.providers.nexconn import NexconnProvider
 from bot.store import Store
@@ -252,6 +258,23 @@ def test_failures_of_one_outage_open_the_breaker_once() -> None:
     for ticket in tickets:
         breaker.failed(ticket)
     assert breaker.state.failures == 1 and breaker.state.open_until == clock.now + 10
+
+
+def test_ids_that_merely_contain_the_separator_stay_whole() -> None:
+    assert split_request_id("gmi|r1", "gmi,nexconn", ["gmi", "nexconn"]) == ("gmi", "r1")
+    assert split_request_id("a|b", "gmi", ["gmi"]) == ("gmi", "a|b")
+    assert split_request_id("r-legacy", "gmi", ["gmi", "nexconn"]) == ("gmi", "r-legacy")
+
+
+def test_while_every_provider_cools_down_there_is_still_one_trial() -> None:
+    clock = Clock()
+    breaker = Breaker(BreakerPolicy(cooldown=10), clock)
+    breaker.failed(breaker.begin())
+    tickets = [breaker.begin() for _ in range(4)]  # forced through: all providers are down
+    assert tickets.count(Ticket.TRIAL) == 1
+    for ticket in tickets:
+        breaker.failed(ticket)
+    assert breaker.state.failures == 2  # one failed trial, not four
 
 
 def test_only_the_trial_releases_the_trial() -> None:
