@@ -249,9 +249,9 @@ class ConsoleAdapter:
             self._print(line)
         if report.workspace is None:
             return
-        month = datetime.fromtimestamp(report.month.start, self.core.team.settings.tz)
-        chart = await usage_chart(report.workspace.per_day, f"Images per day, {month:%B %Y}")
-        path = self.sink.output_dir / f"usage-{month:%Y-%m}.png"
+        usage = report.workspace
+        chart = await usage_chart(usage.per_day, usage.chart_title)
+        path = self.sink.output_dir / f"usage-{usage.first_day:%Y-%m}.png"
         try:
             await asyncio.to_thread(_write_file, path, chart.data)
         except OSError as exc:

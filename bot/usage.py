@@ -58,6 +58,15 @@ class WorkspaceUsage:
     per_day: tuple[tuple[date, int], ...]
     """Images per day of this month so far (for the chart)."""
 
+    @property
+    def first_day(self) -> date:
+        """The month's first day in the quota's zone (the report always starts there)."""
+        return self.per_day[0][0]
+
+    @property
+    def chart_title(self) -> str:
+        return f"Images per day, {self.first_day:%B %Y}"
+
 
 @dataclass(frozen=True, slots=True)
 class UsageReport:

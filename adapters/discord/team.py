@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
-from datetime import datetime
 from typing import Any, Final, Literal
-from zoneinfo import ZoneInfo
 
 import discord
 from discord import app_commands
@@ -91,15 +89,6 @@ def usage_text(report: UsageReport) -> str:
     return clip("\n".join(render_usage(report, bold="**", mention="<@{user}>")), MESSAGE_LIMIT)
 
 
-def chart_title(report: UsageReport) -> str:
-    """`Images per day, May 2025`: the month the chart covers, in the quota's zone."""
-    per_day = report.workspace.per_day if report.workspace else ()
-    first = (
-        per_day[0][0] if per_day else datetime.fromtimestamp(report.at, ZoneInfo(report.tz_name))
-    )
-    return f"Images per day, {first:%B %Y}"
-
-
 def change_sentence(change: Change) -> str:
     """What an admin's change did, with Discord mentions."""
     return f"You {describe_change(change, **MENTIONS)}."
@@ -121,7 +110,7 @@ async def show_usage(runtime: Runtime, interaction: discord.Interaction[Any]) ->
         usage = await runtime.core.team.usage(interaction_requester(interaction))
         files: list[discord.File] = []
         if usage.workspace is not None:
-            chart = await usage_chart(usage.workspace.per_day, chart_title(usage))
+            chart = await usage_chart(usage.workspace.per_day, usage.workspace.chart_title)
             files.append(discord.File(io.BytesIO(chart.data), filename=CHART_FILENAME))
         await interaction.edit_original_response(
             content=usage_text(usage), attachments=files, allowed_mentions=QUIET

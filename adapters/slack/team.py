@@ -28,7 +28,6 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import date
 from typing import Any
 
 import aiohttp
@@ -387,8 +386,7 @@ class SlackTeam:
 
     async def _send_chart(self, user: str, usage: WorkspaceUsage) -> bool:
         """The chart of images per day, into a DM with the admin."""
-        month: date = usage.per_day[0][0] if usage.per_day else date.today()
-        title = f"Images per day, {month:%B %Y}"
+        month, title = usage.first_day, usage.chart_title
         try:
             image = await usage_chart(usage.per_day, title)
             channel = await self._dm(user)
