@@ -308,6 +308,13 @@ class Admission:
     def month(self) -> Period:
         return month_of(self.at, self.tz)
 
+    def refused(self, refusal: Refusal) -> PolicyRefused:
+        """The error telling this requester why, at this moment, in this zone."""
+        who = self.who
+        return PolicyRefused(
+            refusal, platform=who.platform, workspace=who.workspace, at=self.at, tz=self.tz
+        )
+
     def user_since(self, overrides: Overrides) -> float:
         """Where the user's daily count starts: midnight, or a later day-back."""
         return max(self.day.start, overrides.day_resets.get(self.who.user, 0.0))

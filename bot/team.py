@@ -23,7 +23,6 @@ from bot.policy import (
     Admission,
     Overrides,
     Policy,
-    PolicyRefused,
     Requester,
     day_of,
     effective,
@@ -258,13 +257,7 @@ class TeamControl:
         admission = self.admission(who, model, size)
         refusal = await self.store.check_admission(admission)
         if refusal is not None:
-            raise PolicyRefused(
-                refusal,
-                platform=who.platform,
-                workspace=who.workspace,
-                at=admission.at,
-                tz=admission.tz,
-            )
+            raise admission.refused(refusal)
 
     def is_admin(self, who: Requester) -> bool:
         return who.platform_admin or who.user in self.settings.admin_users

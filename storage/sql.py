@@ -30,7 +30,6 @@ from bot.policy import (
     Admission,
     Counts,
     Overrides,
-    PolicyRefused,
     Refusal,
     Scope,
     access,
@@ -507,14 +506,7 @@ class SqlStore:
             if admission is not None:
                 refusal = await self._refusal(conn, admission)
                 if refusal is not None:
-                    who = admission.who
-                    raise PolicyRefused(
-                        refusal,
-                        platform=who.platform,
-                        workspace=who.workspace,
-                        at=admission.at,
-                        tz=admission.tz,
-                    )
+                    raise admission.refused(refusal)
             await self._store_images(conn, images)
             place = sa.select(threads).where(threads.c.id == job.thread_id).subquery()
             values = _job_values(job)
