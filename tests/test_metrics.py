@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -199,3 +200,14 @@ async def test_provider_retries_are_counted_by_reason() -> None:
         )
     assert count("server_error") == server_errors + 1
     assert count("rate_limited") == rate_limits + 1
+
+
+def test_every_metric_is_documented_in_the_readme() -> None:
+    """An operator reads the README's table to build dashboards: nothing exported is missing."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(imagine_[a-z_]+)`", readme, re.MULTILINE))
+    exported = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in metrics.REGISTRY.collect()
+    }
+    assert exported - documented == set()
