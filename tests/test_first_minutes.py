@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.config import _ALIASES
 from tests.conftest import bot_env, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -249,3 +250,12 @@ def test_dockerfile_keeps_relative_sqlite_paths_in_the_volume() -> None:
     assert re.search(r"^WORKDIR /app$", dockerfile, re.M)
     assert "ln -s /data /app/data" in dockerfile
     assert "--stop-timeout" in dockerfile
+
+
+def test_every_setting_is_documented_in_the_readme_and_the_example() -> None:
+    """A variable the bot reads but neither file mentions is one nobody can find."""
+    readme = (REPO / "README.md").read_text()
+    example = (REPO / ".env.example").read_text()
+    names = {alias for alias in _ALIASES.values() if alias.isupper()} | {"GEMINI_API_KEY"}
+    assert {n for n in names if n not in readme} == set()
+    assert {n for n in names if n not in example} == set()
