@@ -34,10 +34,34 @@ log = logging.getLogger(__name__)
 INSTRUCTION_MAX = 2000
 
 
-class _ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(?!)"):
-    """A button for `action` on `target`; subclasses set the action, label and emoji."""
+class _Durable(discord.ui.DynamicItem[Any], template=r"(?!)"):
+    """A component for `action` on `target` whose custom id carries both, so it keeps
+    working after a restart; a click acts once across processes."""
 
     action = ""
+    target = ""
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> _Durable:
+        return cls(match["id"])
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        """A duplicate delivery is left to the process that took it."""
+        return await runtime_of(interaction.client).claim_interaction(interaction)
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await runtime_of(interaction.client).run_action(self.action, interaction, self.target)
+
+
+class _ActionButton(_Durable, template=r"(?!)"):
+    """A button for `action` on `target`; subclasses set the action, label and emoji."""
+
     label = ""
     emoji = ""
     style = discord.ButtonStyle.secondary
@@ -53,23 +77,6 @@ class _ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(
             )
         )
         self.target = target
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> _ActionButton:
-        return cls(match["id"])
-
-    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
-        """A click acts once across processes; a duplicate is left to the one that took it."""
-        return await runtime_of(interaction.client).claim_interaction(interaction)
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await runtime_of(interaction.client).run_action(self.action, interaction, self.target)
 
 
 class RerollButton(_ActionButton, template=template(REROLL)):
@@ -104,11 +111,13 @@ def ratio_shape(ratio: str) -> str:
     return "Landscape" if int(width) > int(height) else "Portrait"
 
 
-class ReframeSelect(discord.ui.DynamicItem[discord.ui.Select[Any]], template=template(REFRAME)):
+class ReframeSelect(_Durable, template=template(REFRAME)):
     """📐: the other aspect ratios of a finished image; choosing one recomposes it.
 
     One select per action row (Discord's rule), at most 25 options (there are 9).
     """
+
+    action = REFRAME
 
     def __init__(self, target: str, current: str | None = None, *, row: int | None = None) -> None:
         ratios = [ratio for ratio in ASPECT_RATIOS if ratio != current]
@@ -126,22 +135,6 @@ class ReframeSelect(discord.ui.DynamicItem[discord.ui.Select[Any]], template=tem
             )
         )
         self.target = target
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> ReframeSelect:
-        return cls(match["id"])
-
-    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
-        return await runtime_of(interaction.client).claim_interaction(interaction)
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await runtime_of(interaction.client).run_action(REFRAME, interaction, self.target)
 
 
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
