@@ -211,57 +211,57 @@ def error_text(user_message: str) -> str:
 
 def edit_modal(target: EditTarget, prompt: str) -> dict[str, Any]:
     """The Edit button's modal; `private_metadata` says which turn and which thread."""
-    return {
-        "type": "modal",
-        "callback_id": EDIT_MODAL,
-        "private_metadata": target.dump(),
-        "title": {"type": "plain_text", "text": "Edit image"},
-        "submit": {"type": "plain_text", "text": "Edit"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            _context(f"Editing: {trim(escape(prompt), 500)}"),
-            {
-                "type": "input",
-                "block_id": EDIT_BLOCK,
-                "label": {"type": "plain_text", "text": "What should change?"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": EDIT_INPUT,
-                    "multiline": True,
-                    "max_length": MAX_PROMPT_CHARS,
-                    "placeholder": {"type": "plain_text", "text": "make the cup blue --ar 16:9"},
-                },
-            },
-        ],
-    }
+    return _instruction_modal(
+        EDIT_MODAL,
+        target.dump(),
+        submit="Edit",
+        label="What should change?",
+        placeholder="make the cup blue --ar 16:9",
+        context=f"Editing: {trim(escape(prompt), 500)}",
+    )
 
 
 def image_modal(source: ImageSource) -> dict[str, Any]:
     """The "Edit image" shortcut's modal: what to make of the message's picture(s)."""
     count = len(source.files)
     what = "this image" if count == 1 else f"these {count} images"
+    return _instruction_modal(
+        IMAGE_MODAL,
+        source.dump(),
+        submit="Create",
+        label=f"What should I make of {what}?",
+        placeholder="turn it into a watercolor postcard --ar 3:2",
+    )
+
+
+def _instruction_modal(
+    callback_id: str,
+    metadata: str,
+    *,
+    submit: str,
+    label: str,
+    placeholder: str,
+    context: str | None = None,
+) -> dict[str, Any]:
+    """A modal titled "Edit image" asking for one instruction (read by `modal_instruction`)."""
+    field = {
+        "type": "input",
+        "block_id": EDIT_BLOCK,
+        "label": {"type": "plain_text", "text": label},
+        "element": {
+            "type": "plain_text_input",
+            "action_id": EDIT_INPUT,
+            "multiline": True,
+            "max_length": MAX_PROMPT_CHARS,
+            "placeholder": {"type": "plain_text", "text": placeholder},
+        },
+    }
     return {
         "type": "modal",
-        "callback_id": IMAGE_MODAL,
-        "private_metadata": source.dump(),
+        "callback_id": callback_id,
+        "private_metadata": metadata,
         "title": {"type": "plain_text", "text": "Edit image"},
-        "submit": {"type": "plain_text", "text": "Create"},
+        "submit": {"type": "plain_text", "text": submit},
         "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": EDIT_BLOCK,
-                "label": {"type": "plain_text", "text": f"What should I make of {what}?"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": EDIT_INPUT,
-                    "multiline": True,
-                    "max_length": MAX_PROMPT_CHARS,
-                    "placeholder": {
-                        "type": "plain_text",
-                        "text": "turn it into a watercolor postcard --ar 3:2",
-                    },
-                },
-            },
-        ],
+        "blocks": [*([_context(context)] if context else []), field],
     }
