@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from bot.errors import UserQueueFull
-from bot.models import Job, JobStatus, Thread, ThreadKey, TurnKind
+from bot.models import Job, JobStatus, Thread, ThreadKey
 from bot.queue import Limits, positions
 from bot.scheduler import StopReason, Worker
 from bot.store import Store
+from tests.factories import queued_job
 
 
 class Jobs:
@@ -51,21 +52,7 @@ class Jobs:
             Thread(thread_id, ThreadKey("test", "w", "c", thread_id), user, "t", 1.0)
         )
         self.clock += 1.0
-        job = Job(
-            id=job_id,
-            thread_id=thread_id,
-            user_id=user,
-            kind=TurnKind.IMAGINE,
-            prompt="p",
-            reference_shas=(),
-            aspect_ratio="1:1",
-            parent_turn_id=None,
-            follow_latest=False,
-            destination=None,
-            provider="demo",
-            model="m",
-            created_at=self.clock,
-        )
+        job = queued_job(job_id, thread_id, user, created_at=self.clock)
         await self.store.add_job(job, max_queued=self.worker.limits.per_user_queued)
         await self.worker.submit(job_id)
         await settle()

@@ -11,9 +11,10 @@ import asyncio
 import sqlalchemy as sa
 
 from bot.errors import UserQueueFull
-from bot.models import Job, JobStatus, Thread, ThreadKey, TurnKind
+from bot.models import Job, JobStatus, Thread, ThreadKey
 from bot.queue import ClaimRequest, Limits, positions
 from storage import SqlStore
+from tests.factories import queued_job
 from tests.storage.conftest import Opener
 from tests.storage.test_store_contract import image, turn
 
@@ -33,21 +34,7 @@ class Queue:
         await self.store.create_thread(Thread(thread_id, key, user, "t", 1.0))
         self.clock += 1.0
         await self.store.add_job(
-            Job(
-                id=job_id,
-                thread_id=thread_id,
-                user_id=user,
-                kind=TurnKind.IMAGINE,
-                prompt="p",
-                reference_shas=(),
-                aspect_ratio="1:1",
-                parent_turn_id=None,
-                follow_latest=False,
-                destination={"to": job_id},
-                provider="demo",
-                model="m",
-                created_at=self.clock,
-            )
+            queued_job(job_id, thread_id, user, destination={"to": job_id}, created_at=self.clock)
         )
 
 

@@ -19,11 +19,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.models import Job, JobStatus, Thread, ThreadKey, TurnKind
+from bot.models import Job, JobStatus, Thread, ThreadKey
 from bot.policy import Admission, Overrides, Policy, PolicyRefused, Requester, Rule, Scope
 from bot.queue import ClaimRequest, Limits
 from bot.usage import UsageLine
 from storage import SqlStore
+from tests.factories import queued_job
 from tests.storage.conftest import Opener
 from tests.storage.test_store_contract import image, turn
 
@@ -62,23 +63,9 @@ class Ledger:
         return thread_id
 
     def job(self, job_id: str, thread_id: str, user: str = "alice", **values: object) -> Job:
-        job = Job(
-            id=job_id,
-            thread_id=thread_id,
-            user_id=user,
-            kind=TurnKind.IMAGINE,
-            prompt="a fox",
-            reference_shas=(),
-            aspect_ratio="1:1",
-            parent_turn_id=None,
-            follow_latest=False,
-            destination=None,
-            provider="demo",
-            model="gemini-2.5-flash-image",
-            created_at=NOW - 1,
-            cost_usd=0.039,
+        return queued_job(
+            job_id, thread_id, user, **{"created_at": NOW - 1, "cost_usd": 0.039, **values}
         )
-        return replace(job, **values)  # type: ignore[arg-type]
 
     async def add(
         self,
