@@ -15,13 +15,13 @@ Goal: every measured job seen within 10 % of its duration, in ≤ 8 polls.
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 from bench.common import Options, Row, verdict
 from bot.models import ImageRequest
 from bot.providers.gmi import DurationEstimator, GmiProvider, PollPolicy
 from tests.fakes.gmi_server import API_KEY, FakeGmi
+from tests.providers.support import VirtualTime
 
 JOB_LENGTHS = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
 SPREAD = 0.3
@@ -29,18 +29,6 @@ WARM_UP = 20
 RUNS = 50
 NEVER = 10**9
 """`min_samples` of an estimator that never trusts its samples: the fixed schedule."""
-
-
-class VirtualTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 class Runner:

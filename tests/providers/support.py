@@ -45,3 +45,19 @@ def history_turn(
         provider=provider,
         provider_state=result.provider_state,
     )
+
+
+class VirtualTime:
+    """A clock and a sleep that advance virtual time at once: long schedules, instant tests."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)

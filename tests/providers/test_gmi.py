@@ -29,7 +29,7 @@ from bot.providers.base import Provider, ProviderCall
 from bot.providers.gmi import GmiProvider, PollPolicy, poll_schedule
 from bot.providers.http import RetryPolicy
 from tests.fakes.gmi_server import API_KEY, PREFIX, FakeGmi, make_png
-from tests.providers.support import history_turn, within
+from tests.providers.support import VirtualTime, history_turn, within
 
 T = TypeVar("T")
 MODEL = "gemini-2.5-flash-image"
@@ -46,22 +46,6 @@ BAD_KEY = (
     "The bot isn't set up correctly for its image provider. "
     "An admin has been told to check the logs."
 )
-
-
-class VirtualTime:
-    """A clock and a sleep that advance virtual time at once: long schedules, instant tests."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ that do not fit GMI's three inputs are refused before anything is sent (issue 9)
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,21 +14,9 @@ from bot.models import HistoryTurn, Image, ImageRequest
 from bot.providers.gmi import GmiProvider, _model_text
 from bot.providers.http import RetryPolicy
 from tests.fakes.gmi_server import API_KEY, PREFIX, FakeGmi, make_png
-from tests.providers.support import history_turn, within
+from tests.providers.support import VirtualTime, history_turn, within
 
 MODEL = "gemini-2.5-flash-image"
-
-
-class VirtualTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture

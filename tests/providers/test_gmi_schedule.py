@@ -26,7 +26,7 @@ from bot.providers.gmi import (
 )
 from bot.providers.http import RetryPolicy
 from tests.fakes.gmi_server import API_KEY, FakeGmi
-from tests.providers.support import history_turn, within
+from tests.providers.support import VirtualTime, history_turn, within
 
 POLICY = PollPolicy()
 FLASH = "gemini-2.5-flash-image"
@@ -191,20 +191,6 @@ def test_a_job_seen_late_moves_the_band_towards_it() -> None:
 
 
 # --- through the fake, in virtual time ----------------------------------------------------
-
-
-class VirtualTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
